@@ -1,0 +1,691 @@
+"""The Kimi API simulator: a real HTTP/1.1 server on loopback.
+
+It implements ``/v1/chat/completions`` (streamed and not), ``/v1/models`` and
+``/v1/tokenizers/estimate-token-count``, and enforces the wire contract the way the real API
+does (``shared/docs/kimi-contract.md``): the thinking object, the fixed sampler, tool_choice,
+the window, tool schemas (MFJS), reasoning_content round-trips, tool-call ids, auth per region,
+RPM/TPM/concurrency limits with 429 + Retry-After. Usage reports ``cached_tokens`` as the longest
+message prefix shared with an earlier prompt of the same key, so prompt caching can be measured.
+
+The server is written on asyncio streams rather than a framework so that faults are real: a
+reset is a TCP RST, a cut stream is a connection dropped mid-body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import Clock, MonotonicClock
+from ..models import mfjs
+from .faults import FaultPlan
+from .policies import Policy, PolicyContext, ToolCall, ToolLoopPolicy, Turn
+
+MODELS = {
+    "kimi-k2.6": 262_144,
+    "kimi-k2.5": 262_144,
+    "kimi-k2-thinking": 262_144,
+    "kimi-k2-thinking-turbo": 262_144,
+    "moonshot-v1-8k": 8_192,
+    "moonshot-v1-32k": 32_768,
+    "moonshot-v1-128k": 131_072,
+}
+THINKING_MODELS = {"kimi-k2.6", "kimi-k2.5", "kimi-k2-thinking", "kimi-k2-thinking-turbo"}
+FIXED_SAMPLER = {"temperature": 1.0, "top_p": 0.95, "n": 1,
+                 "presence_penalty": 0.0, "frequency_penalty": 0.0}  # fmt: skip
+TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$")
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's tokenizer: one token per four bytes of UTF-8, rounded up."""
+    if not text:
+        return 0
+    size = len(text) if text.isascii() else len(text.encode())
+    return (size + 3) // 4
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    tokens = 4
+    content = message.get("content")
+    if isinstance(content, str):
+        tokens += count_tokens(content)
+    elif isinstance(content, list):
+        tokens += sum(count_tokens(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str):
+        tokens += count_tokens(reasoning)
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        tokens += 4 + count_tokens(str(fn.get("name", ""))) + count_tokens(
+            str(fn.get("arguments", ""))
+        )
+    return tokens
+
+
+class SimError(Exception):
+    def __init__(self, status: int, error_type: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass
+class SimConfig:
+    """What the simulator enforces and how it answers."""
+
+    policy: Policy = field(default_factory=ToolLoopPolicy)
+    api_keys: dict[str, str] = field(default_factory=lambda: {"sk-sim": "ai"})
+    region: str = "ai"
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    # Soft rules (reported by third parties): reject assistant messages without
+    # reasoning_content even when they carry no tool calls.
+    strict: bool = False
+    usage_placement: str = "alternate"  # "top", "choice" or "alternate" (streamed usage)
+    chunk_chars: int = 24
+    latency: float = 0.0  # seconds before the first byte (on the clock)
+    clock: Clock = field(default_factory=MonotonicClock)
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    completions: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    max_in_flight: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    keep_bodies: bool = True
+
+
+class _Account:
+    def __init__(self) -> None:
+        self.requests: deque[float] = deque()
+        self.charges: deque[list[float]] = deque()  # [arrival, tokens]
+        self.tokens_in_window = 0.0
+        self.in_flight = 0
+        self.prefixes: dict[bytes, int] = {}
+
+
+class SimServer:
+    """Run with ``async with SimServer(config) as sim`` (this event loop) or
+    ``with SimServer(config).run_in_thread() as sim`` (its own loop in a thread)."""
+
+    def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.config = config or SimConfig()
+        self.host = host
+        self.port = port
+        self.stats = SimStats()
+        self._accounts: dict[str, _Account] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._trace = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                  limit=2**24)  # fmt: skip
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def run_in_thread(self) -> _ThreadRunner:
+        return _ThreadRunner(self)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    # -- HTTP --------------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                parts = line.decode("latin-1").split()
+                if len(parts) != 3:
+                    break
+                method, target, _ = parts
+                headers: dict[str, str] = {}
+                while True:
+                    raw = await reader.readline()
+                    if raw in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = raw.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(length) if length else b""
+                keep = await self._dispatch(method, target.split("?")[0], headers, body, writer)
+                if not keep or headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            if not writer.is_closing():
+                writer.close()
+
+    def _trace_id(self) -> str:
+        self._trace += 1
+        return f"sim-{self._trace:06d}"
+
+    async def _send_json(self, writer: asyncio.StreamWriter, status: int, obj: Any,
+                         extra: dict[str, str] | None = None, trace: str | None = None) -> None:  # fmt: skip
+        body = json.dumps(obj, ensure_ascii=False).encode()
+        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+                "Content-Type: application/json", f"Content-Length: {len(body)}"]  # fmt: skip
+        if trace:
+            head.append(f"x-trace-id: {trace}")
+        for k, v in (extra or {}).items():
+            head.append(f"{k}: {v}")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await writer.drain()
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+
+    async def _send_error(self, writer: asyncio.StreamWriter, err: SimError, trace: str) -> None:
+        extra = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+        await self._send_json(writer, err.status,
+                              {"error": {"type": err.error_type, "message": err.message}},
+                              extra, trace)  # fmt: skip
+
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                        writer: asyncio.StreamWriter) -> bool:  # fmt: skip
+        self.stats.requests += 1
+        trace = self._trace_id()
+        try:
+            key = self._authenticate(headers)
+            if method == "GET" and path == "/v1/models":
+                data = [{"id": m, "object": "model", "owned_by": "moonshot", "context_length": w}
+                        for m, w in MODELS.items()]  # fmt: skip
+                await self._send_json(writer, 200, {"object": "list", "data": data}, None, trace)
+                return True
+            if method == "POST" and path == "/v1/tokenizers/estimate-token-count":
+                req = self._parse_body(body)
+                self._check_model(req.get("model"))
+                total = sum(message_tokens(m) for m in req.get("messages") or [] if isinstance(m, dict))
+                await self._send_json(writer, 200, {"code": 0, "data": {"total_tokens": total},
+                                                    "scode": "0x0", "status": True}, None, trace)  # fmt: skip
+                return True
+            if method == "POST" and path == "/v1/chat/completions":
+                return await self._chat(key, body, writer, trace)
+            raise SimError(404, "resource_not_found_error", f"no route for {method} {path}")
+        except SimError as err:
+            await self._send_error(writer, err, trace)
+            return True
+
+    def _authenticate(self, headers: dict[str, str]) -> str:
+        auth = headers.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else ""
+        region = self.config.api_keys.get(key)
+        if not key or region != self.config.region:
+            raise SimError(401, "invalid_authentication_error", "Invalid Authentication")
+        return key
+
+    @staticmethod
+    def _parse_body(body: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(body)
+        except ValueError:
+            raise SimError(400, "invalid_request_error", "Invalid request: body is not valid JSON") from None
+        if not isinstance(req, dict):
+            raise SimError(400, "invalid_request_error", "Invalid request: body must be an object")
+        return req
+
+    @staticmethod
+    def _check_model(model: Any) -> int:
+        if model not in MODELS:
+            raise SimError(404, "resource_not_found_error",
+                           f"Not found the model {model} or Permission denied")  # fmt: skip
+        return MODELS[model]
+
+    # -- rate limits -------------------------------------------------------------------------
+    def _admit(self, account: _Account, prompt_tokens: int) -> list[float]:
+        cfg = self.config
+        now = cfg.clock.now()
+        horizon = now - 60.0
+        while account.requests and account.requests[0] <= horizon:
+            account.requests.popleft()
+        while account.charges and account.charges[0][0] <= horizon:
+            account.tokens_in_window -= account.charges.popleft()[1]
+        org = "Your account org-sim<ak-sim>"
+        if cfg.max_concurrency is not None and account.in_flight >= cfg.max_concurrency:
+            self.stats.rate_limited += 1
+            raise SimError(429, "rate_limit_reached_error",
+                           f"{org} request reached organization max concurrency: "
+                           f"{cfg.max_concurrency}, please try again after 1 seconds", 1)  # fmt: skip
+        if cfg.rpm is not None and len(account.requests) >= cfg.rpm:
+            wait = max(1, math.ceil(account.requests[-cfg.rpm] + 60.0 - now))
+            self.stats.rate_limited += 1
+            raise SimError(429, "rate_limit_reached_error",
+                           f"{org} request reached organization max RPM: {cfg.rpm}, please try "
+                           f"again after {wait} seconds", wait)  # fmt: skip
+        if cfg.tpm is not None and account.tokens_in_window + prompt_tokens > cfg.tpm:
+            self.stats.rate_limited += 1
+            raise SimError(429, "rate_limit_reached_error",
+                           f"{org} request reached TPM rate limit, current:"
+                           f"{int(account.tokens_in_window)}, limit:{cfg.tpm}", 1)  # fmt: skip
+        account.requests.append(now)
+        charge = [now, float(prompt_tokens)]
+        account.charges.append(charge)
+        account.tokens_in_window += prompt_tokens
+        return charge
+
+    # -- validation --------------------------------------------------------------------------
+    def _validate(self, req: dict[str, Any], window: int) -> tuple[bool, int]:
+        def bad(message: str) -> SimError:
+            return SimError(400, "invalid_request_error", message)
+
+        model = req["model"]
+        thinking_raw = req.get("thinking")
+        thinking = model in THINKING_MODELS
+        if thinking_raw is not None:
+            if not isinstance(thinking_raw, dict):
+                raise bad("Invalid request: thinking must be an object like "
+                          '{"type": "enabled"}, got ' + json.dumps(thinking_raw))  # fmt: skip
+            kind = thinking_raw.get("type")
+            if kind not in ("enabled", "disabled"):
+                raise bad(f"Invalid request: thinking.type must be 'enabled' or 'disabled', got {kind!r}")
+            if thinking_raw.get("keep") not in (None, "all"):
+                raise bad("Invalid request: thinking.keep must be 'all' or null")
+            if model == "kimi-k2-thinking" and kind == "disabled":
+                raise bad("Invalid request: thinking cannot be disabled for this model")
+            thinking = kind == "enabled" and model in THINKING_MODELS
+        if "reasoning_effort" in req and thinking_raw is not None:
+            raise bad("Invalid request: reasoning_effort cannot be used together with thinking")
+        if thinking:
+            for name, fixed in FIXED_SAMPLER.items():
+                if name in req and req[name] is not None and req[name] != fixed:
+                    value = 1 if name == "temperature" else fixed
+                    raise bad(f"invalid {name}: only {value} is allowed for this model")
+            choice = req.get("tool_choice")
+            if choice is not None and choice not in ("auto", "none"):
+                raise bad("Invalid request: tool_choice must be 'auto' or 'none' when thinking "
+                          f"is enabled, got {json.dumps(choice)}")  # fmt: skip
+        tools = req.get("tools") or []
+        if not isinstance(tools, list):
+            raise bad("Invalid request: tools must be an array")
+        if len(tools) > 128:
+            raise bad(f"Invalid request: too many tools: {len(tools)} > 128")
+        seen: set[str] = set()
+        for tool in tools:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict):
+                raise bad("Invalid request: each tool needs a function object")
+            name = fn.get("name")
+            if tool.get("type") == "builtin_function":
+                if name != "$web_search":
+                    raise bad(f"Invalid request: unknown builtin function {name!r}")
+            elif tool.get("type") == "function":
+                if not isinstance(name, str) or not TOOL_NAME.match(name):
+                    raise bad(f"Invalid request: function name {name!r} is invalid, it must match "
+                              "^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$")  # fmt: skip
+                problems = mfjs.check(fn.get("parameters", {}))
+                if problems:
+                    raise bad(f"Invalid request: tool {name} parameters: {problems[0]}")
+            else:
+                raise bad(f"Invalid request: unknown tool type {tool.get('type')!r}")
+            if name in seen:
+                raise bad(f"Invalid request: function name {name} is duplicated")
+            seen.add(name)
+        self._validate_messages(req.get("messages"), thinking)
+        max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
+        if max_tokens is None:
+            max_tokens = 32_768
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise bad("Invalid request: max_tokens must be a positive integer")
+        return thinking, max_tokens
+
+    def _validate_messages(self, messages: Any, thinking: bool) -> None:
+        def bad(message: str) -> SimError:
+            return SimError(400, "invalid_request_error", message)
+
+        if not isinstance(messages, list) or not messages:
+            raise bad("Invalid request: messages must be a non-empty array")
+        pending: dict[str, bool] | None = None
+        for index, msg in enumerate(messages):
+            if not isinstance(msg, dict):
+                raise bad(f"Invalid request: message at index {index} must be an object")
+            role = msg.get("role")
+            if role not in ("system", "user", "assistant", "tool"):
+                raise bad(f"Invalid request: unknown role {role!r} at index {index}")
+            content = msg.get("content")
+            if isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") == "text" and not part.get("text"):
+                        raise bad("Invalid request: text content is empty")
+            if role == "tool":
+                call_id = msg.get("tool_call_id")
+                if pending is None or call_id not in pending:
+                    raise bad(f"Invalid request: tool_call_id {call_id} is not found in the "
+                              f"preceding assistant message (message index {index})")  # fmt: skip
+                if pending[call_id]:
+                    raise bad(f"Invalid request: duplicate tool message for tool_call_id {call_id}")
+                pending[call_id] = True
+                continue
+            if pending is not None and not all(pending.values()):
+                missing = [k for k, done in pending.items() if not done]
+                raise bad("Invalid request: an assistant message with 'tool_calls' must be "
+                          "followed by tool messages responding to each 'tool_call_id'. "
+                          f"Missing: {', '.join(missing)}")  # fmt: skip
+            pending = None
+            if role == "assistant":
+                calls = msg.get("tool_calls")
+                if thinking and "reasoning_content" not in msg and (calls or self.config.strict):
+                    kind = "tool call message" if calls else "message"
+                    raise bad("thinking is enabled but reasoning_content is missing in "
+                              f"assistant {kind} at index {index}")  # fmt: skip
+                if calls:
+                    pending = {}
+                    for call in calls:
+                        pending[str(call.get("id"))] = False
+        if pending is not None and not all(pending.values()):
+            raise bad("Invalid request: the last assistant message's tool calls have no tool "
+                      "messages")  # fmt: skip
+
+    # -- caching -----------------------------------------------------------------------------
+    def _prompt(self, account: _Account, req: dict[str, Any]) -> tuple[int, int]:
+        """(prompt tokens, cached tokens): the cache hit is the longest message prefix that an
+        earlier prompt of this account shared byte for byte."""
+        segments: list[tuple[bytes, int]] = []
+        tools = req.get("tools")
+        if tools:
+            raw = json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
+            segments.append((raw.encode(), 8 + count_tokens(raw)))
+        for msg in req["messages"]:
+            raw = json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+            segments.append((raw.encode(), message_tokens(msg)))
+        total = 0
+        cached = 0
+        digest = hashlib.blake2b(digest_size=16)
+        for raw, tokens in segments:
+            digest.update(raw)
+            total += tokens
+            key = digest.digest()
+            if key in account.prefixes:
+                cached = total
+            else:
+                account.prefixes[key] = total
+            digest = hashlib.blake2b(key, digest_size=16)
+        # the last message is new by construction; a cache only serves whole earlier prefixes
+        return total, min(cached, total)
+
+    # -- completions -------------------------------------------------------------------------
+    async def _chat(self, key: str, body: bytes, writer: asyncio.StreamWriter, trace: str) -> bool:
+        cfg = self.config
+        req = self._parse_body(body)
+        if self.stats.keep_bodies:
+            self.stats.bodies.append(req)
+        window = self._check_model(req.get("model"))
+        account = self._accounts.setdefault(key, _Account())
+        self.stats.completions += 1
+        fault = cfg.faults.pick(self.stats.completions)
+        if fault == "auth":
+            raise SimError(401, "invalid_authentication_error", "Invalid Authentication")
+        if fault == "reset":
+            _reset(writer)
+            return False
+        thinking, max_tokens = self._validate(req, window)
+        if not isinstance(req.get("messages"), list):
+            raise SimError(400, "invalid_request_error", "Invalid request: messages missing")
+        prompt_tokens = sum(message_tokens(m) for m in req["messages"])
+        if prompt_tokens + max_tokens > window:
+            raise SimError(400, "invalid_request_error",
+                           f"Your request exceeded model token limit: {window}")  # fmt: skip
+        if fault == "429":
+            raise SimError(429, "rate_limit_reached_error",
+                           "Your account org-sim<ak-sim> request reached organization max RPM: "
+                           f"{cfg.rpm or 50}, please try again after 1 seconds", 1)  # fmt: skip
+        if fault == "overload":
+            raise SimError(429, "engine_overloaded_error",
+                           "The engine is currently overloaded, please try again later")  # fmt: skip
+        if fault == "filter":
+            raise SimError(400, "content_filter",
+                           "The request was rejected because it was considered high risk")
+        if fault == "403":
+            raise SimError(403, "permission_denied_error",
+                           "You do not have permission to access this model")
+        if fault == "quota":
+            raise SimError(429, "exceeded_current_quota_error",
+                           "Your account org-sim<ak-sim> is suspended, please check your plan "
+                           "and billing details")  # fmt: skip
+        if fault in ("500", "502", "503"):
+            raise SimError(int(fault), "server_error", "The server had an error while processing "
+                           "your request, please retry")  # fmt: skip
+        charge = self._admit(account, prompt_tokens)
+        account.in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, account.in_flight)
+        try:
+            prompt_tokens, cached = self._prompt(account, req)
+            ctx = PolicyContext(req["messages"], req.get("tools") or [], thinking, max_tokens,
+                                self.stats.completions)  # fmt: skip
+            turn = cfg.policy(ctx)
+            if not thinking:
+                turn = Turn(reasoning="", content=turn.content, tool_calls=turn.tool_calls)
+            message, finish, completion = self._apply_budget(turn, max_tokens, req)
+            if fault == "truncargs" and message.get("tool_calls"):
+                args = message["tool_calls"][0]["function"]["arguments"]
+                message["tool_calls"][0]["function"]["arguments"] = args[: max(1, len(args) // 2)]
+            charge[1] += completion
+            account.tokens_in_window += completion
+            self.stats.prompt_tokens += prompt_tokens
+            self.stats.cached_tokens += cached
+            self.stats.completion_tokens += completion
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": prompt_tokens + completion, "cached_tokens": cached}  # fmt: skip
+            delay = (cfg.faults.slow_seconds if fault == "slow" else 0.0) + cfg.latency
+            if delay:
+                await cfg.clock.sleep(delay)
+            created = int(time.time())
+            if not req.get("stream"):
+                payload = {"id": f"chatcmpl-{trace}", "object": "chat.completion",
+                           "created": created, "model": req["model"],
+                           "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                           "usage": usage}  # fmt: skip
+                await self._send_json(writer, 200, payload, None, trace)
+                return True
+            return await self._stream(writer, trace, req, message, finish, usage, fault, created)
+        finally:
+            account.in_flight -= 1
+
+    def _apply_budget(self, turn: Turn, max_tokens: int,
+                      req: dict[str, Any]) -> tuple[dict[str, Any], str, int]:  # fmt: skip
+        reasoning_tokens = (turn.reasoning_tokens if turn.reasoning_tokens is not None
+                            else count_tokens(turn.reasoning))  # fmt: skip
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        if reasoning_tokens >= max_tokens:
+            # the whole budget went on thinking: no answer, no tool call (seed 001 §3)
+            keep = max(0, len(turn.reasoning) * max_tokens // max(reasoning_tokens, 1))
+            message["reasoning_content"] = turn.reasoning[:keep]
+            return message, "length", max_tokens
+        message["reasoning_content"] = turn.reasoning
+        room = max_tokens - reasoning_tokens
+        content = turn.content
+        partial = req["messages"][-1]
+        if partial.get("role") == "assistant" and partial.get("partial"):
+            prefix = str(partial.get("content") or "")
+            if content.startswith(prefix):
+                content = content[len(prefix):]  # partial mode: never repeat the prefix
+        content_tokens = count_tokens(content)
+        if content_tokens > room:
+            message["content"] = content[: room * 4]
+            return message, "length", max_tokens
+        message["content"] = content
+        calls = []
+        used = reasoning_tokens + content_tokens
+        for index, call in enumerate(turn.tool_calls):
+            used += 4 + count_tokens(call.name) + count_tokens(call.arguments)
+            calls.append(self._wire_call(call, index))
+        if used > max_tokens:
+            message.pop("tool_calls", None)
+            return message, "length", max_tokens
+        if calls:
+            message["tool_calls"] = calls
+            return message, "tool_calls", used
+        return message, "stop", used
+
+    def _wire_call(self, call: ToolCall, index: int) -> dict[str, Any]:
+        self._calls = getattr(self, "_calls", 0) + 1
+        call_id = call.id or f"functions.{call.name}:{self._calls - 1}"
+        return {"index": index, "id": call_id, "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
+
+    def _chunks(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Delta dicts: role, reasoning pieces, content pieces, then tool calls interleaved."""
+        n = self.config.chunk_chars
+        yield {"role": "assistant", "content": ""}
+        reasoning = message.get("reasoning_content", "")
+        if reasoning == "" and "reasoning_content" in message:
+            yield {"reasoning_content": ""}
+        for i in range(0, len(reasoning), n):
+            yield {"reasoning_content": reasoning[i : i + n]}
+        content = message.get("content") or ""
+        for i in range(0, len(content), n):
+            yield {"content": content[i : i + n]}
+        calls = message.get("tool_calls") or []
+        for call in calls:
+            yield {"tool_calls": [{"index": call["index"], "id": call["id"], "type": "function",
+                                   "function": {"name": call["function"]["name"],
+                                                "arguments": ""}}]}  # fmt: skip
+        pieces = [[a[i : i + n] for i in range(0, len(a), n)]
+                  for a in (c["function"]["arguments"] for c in calls)]  # fmt: skip
+        for round_ in range(max((len(p) for p in pieces), default=0)):
+            for call, parts in zip(calls, pieces, strict=True):
+                if round_ < len(parts):  # several calls interleave by index
+                    yield {"tool_calls": [{"index": call["index"],
+                                           "function": {"arguments": parts[round_]}}]}  # fmt: skip
+
+    async def _stream(self, writer: asyncio.StreamWriter, trace: str, req: dict[str, Any],
+                      message: dict[str, Any], finish: str, usage: dict[str, Any],
+                      fault: str | None, created: int) -> bool:  # fmt: skip
+        head = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                f"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nx-trace-id: {trace}"
+                "\r\n\r\n")  # fmt: skip
+        writer.write(head.encode())
+        self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
+        base = {"id": f"chatcmpl-{trace}", "object": "chat.completion.chunk", "created": created,
+                "model": req["model"]}  # fmt: skip
+        deltas = list(self._chunks(message))
+        cut_at = len(deltas) // 2 if fault == "cut" else -1
+        bad_at = len(deltas) // 2 if fault == "badsse" else -1
+        out: list[bytes] = []
+        for i, delta in enumerate(deltas):
+            if i == cut_at:
+                writer.write(_chunked(b"".join(out)))
+                await writer.drain()
+                _reset(writer)
+                return False
+            if i == bad_at:
+                out.append(b'data: {"id": "broken", "choices": [{"delta": {"content": "x\n\n')
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            out.append(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
+            if len(out) >= 32:
+                writer.write(_chunked(b"".join(out)))
+                out.clear()
+                await writer.drain()
+        placement = self.config.usage_placement
+        if placement == "alternate":
+            placement = "top" if self.stats.completions % 2 else "choice"
+        final: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": {},
+                                                       "finish_reason": finish}]}  # fmt: skip
+        if placement == "choice":
+            final["choices"][0]["usage"] = usage
+        else:
+            final["usage"] = usage
+        out.append(b"data: " + json.dumps(final).encode() + b"\n\n")
+        out.append(b"data: [DONE]\n\n")
+        writer.write(_chunked(b"".join(out)) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+def _chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n" if data else b""
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP RST, as a crashed upstream would."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+class _ThreadRunner:
+    """Runs a SimServer on its own event loop in a daemon thread."""
+
+    def __init__(self, server: SimServer) -> None:
+        self.server = server
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> SimServer:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.server.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.server.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="agentloop-sim", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)

@@ -1,0 +1,103 @@
+"""The MFJS checker against Moonshot's published validator vectors, and the normaliser."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, Field
+
+from agentloop.models import mfjs
+
+from .conftest import SHARED
+
+WALLE = SHARED / "conformance" / "walle"
+# The vectors come from walle's test-suite, which runs with a deeper enum cap and a smaller depth
+# cap than the service defaults; the checker takes the same limits.
+SUITE_LIMITS = mfjs.Limits(max_depth=5, max_enum_items=1000, max_schema_size=100_000,
+                           max_enum_string_length=75_000)  # fmt: skip
+
+
+def _vectors(kind: str) -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(WALLE.glob(f"*/{kind}.jsonl")):
+        for i, line in enumerate(path.read_text().splitlines()):
+            if line.strip():
+                out.append((f"{path.parent.name}:{i}", line))
+    return out
+
+
+VALID = _vectors("valid")
+INVALID = _vectors("invalid")
+
+
+def test_vector_count() -> None:
+    assert len(VALID) + len(INVALID) == 395
+
+
+@pytest.mark.parametrize(("name", "line"), VALID, ids=[n for n, _ in VALID])
+def test_accepts_valid(name: str, line: str) -> None:
+    assert mfjs.check(line, SUITE_LIMITS) == []
+
+
+@pytest.mark.parametrize(("name", "line"), INVALID, ids=[n for n, _ in INVALID])
+def test_rejects_invalid_naming_the_problem(name: str, line: str) -> None:
+    case = json.loads(line)
+    problems = mfjs.check(case["schema"], SUITE_LIMITS)
+    assert problems, "accepted an invalid schema"
+    assert any(case["expect"] in p for p in problems), problems
+
+
+class Color(Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Address(BaseModel):
+    street: str = Field(description="street and number")
+    city: str
+
+
+class Order(BaseModel):
+    id: int = Field(gt=0, description="order id")
+    color: Color
+    mode: Literal["fast", "slow"] = "fast"
+    note: str | None = None
+    address: Address
+    tags: list[str] = []
+    when: str = Field(default="", json_schema_extra={"format": "date-time"})
+
+
+def test_pydantic_schema_is_invalid_raw_and_valid_normalised() -> None:
+    raw = Order.model_json_schema()
+    assert mfjs.check(raw), "pydantic output was expected to carry titles etc."
+    normalised = mfjs.normalise(raw)
+    assert mfjs.check(normalised) == []
+    text = json.dumps(normalised)
+    assert '"title"' not in text and "exclusiveMinimum" not in text and '"format"' not in text
+    assert "$defs" in normalised and normalised["properties"]["address"] == {
+        "$ref": "#/$defs/Address"
+    }
+    assert normalised["properties"]["mode"]["enum"] == ["fast", "slow"]
+
+
+def test_normalise_fills_types_and_moves_siblings() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"enum": [1, 2]},
+            "b": {"properties": {"x": {"type": "string"}}},
+            "c": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            "d": {"const": "k"},
+            "e": {"enum": ["x", 1]},
+        },
+    }
+    out = mfjs.normalise(schema)
+    assert mfjs.check(out) == []
+    assert out["properties"]["a"]["type"] == "integer"
+    assert out["properties"]["b"]["type"] == "object"
+    assert "default" not in out["properties"]["c"]
+    assert out["properties"]["d"] == {"enum": ["k"], "type": "string"}
+    assert schema["properties"]["c"]["default"] is None  # input untouched
