@@ -1,0 +1,73 @@
+"""agentloop: an asynchronous, multi-step, tool-calling agent runtime for Kimi K2.6 and any
+OpenAI-compatible endpoint."""
+
+from .agent import Agent, RunStream
+from .budget import PRESETS, Budget
+from .clock import ManualClock, MonotonicClock, ScaledClock
+from .errors import (
+    AgentloopError,
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    ConfigurationError,
+    ContentFilterError,
+    ContextLengthError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    RetriesExhaustedError,
+    ServerError,
+    StreamInterruptedError,
+    ToolSchemaError,
+)
+from .limits import RateLimiter
+from .messages import Usage
+from .models import WEB_SEARCH, BuiltinTool, KimiModel, OpenAIModel
+from .pricing import KIMI_K2_6, RateCard
+from .result import RunResult, StepRecord, ToolCallRecord
+from .retry import RetryPolicy
+from .tools import Tool, tool
+
+__all__ = [
+    "KIMI_K2_6",
+    "PRESETS",
+    "WEB_SEARCH",
+    "APIConnectionError",
+    "APIError",
+    "Agent",
+    "AgentloopError",
+    "AuthenticationError",
+    "Budget",
+    "BuiltinTool",
+    "ConfigurationError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "EngineOverloadedError",
+    "InvalidRequestError",
+    "KimiModel",
+    "ManualClock",
+    "MonotonicClock",
+    "NotFoundError",
+    "OpenAIModel",
+    "PermissionDeniedError",
+    "QuotaExceededError",
+    "RateCard",
+    "RateLimitError",
+    "RateLimiter",
+    "RetriesExhaustedError",
+    "RetryPolicy",
+    "RunResult",
+    "RunStream",
+    "ScaledClock",
+    "ServerError",
+    "StepRecord",
+    "StreamInterruptedError",
+    "Tool",
+    "ToolCallRecord",
+    "ToolSchemaError",
+    "Usage",
+    "tool",
+]

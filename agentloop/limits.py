@@ -159,9 +159,7 @@ class RateLimiter:
             self._slots.release()
 
 
-_shared: weakref.WeakValueDictionary[tuple[str, str], RateLimiter] = (
-    weakref.WeakValueDictionary()
-)
+_shared: weakref.WeakValueDictionary[tuple[str, str], RateLimiter] = weakref.WeakValueDictionary()
 _shared_lock = threading.Lock()
 
 

@@ -26,7 +26,7 @@ def stated_wait(error: APIError) -> float | None:
 
 
 def _uniform(upper: float) -> float:
-    return random.uniform(0.0, upper)
+    return float(random.uniform(0.0, upper))
 
 
 @dataclass(slots=True)
@@ -48,14 +48,12 @@ class RetryPolicy:
         if stated is not None:
             # wait as told, plus a little spread so a crowd of clients does not return at once
             return stated + self.jitter(min(1.0, self.base_delay))
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return backoff / 2 + self.jitter(backoff / 2)
 
     def should_retry(self, attempt: int, error: APIError, elapsed: float, wait: float) -> bool:
         return (
-            error.retryable
-            and attempt < self.max_attempts
-            and elapsed + wait <= self.max_total_s
+            error.retryable and attempt < self.max_attempts and elapsed + wait <= self.max_total_s
         )
 
 

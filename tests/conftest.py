@@ -9,7 +9,10 @@ import pytest
 from agentloop.models import KimiModel
 from agentloop.sim import SimConfig, SimServer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+import os
+
+# The project's shared documents sit beside the checkout (../shared); override for odd layouts.
+SHARED = Path(os.environ.get("AGENTLOOP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 @pytest.fixture

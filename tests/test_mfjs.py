@@ -16,8 +16,9 @@ from .conftest import SHARED
 WALLE = SHARED / "conformance" / "walle"
 # The vectors come from walle's test-suite, which runs with a deeper enum cap and a smaller depth
 # cap than the service defaults; the checker takes the same limits.
-SUITE_LIMITS = mfjs.Limits(max_depth=5, max_enum_items=1000, max_schema_size=100_000,
-                           max_enum_string_length=75_000)  # fmt: skip
+SUITE_LIMITS = mfjs.Limits(
+    max_depth=5, max_enum_items=1000, max_schema_size=100_000, max_enum_string_length=75_000
+)
 
 
 def _vectors(kind: str) -> list[tuple[str, str]]:

@@ -92,8 +92,13 @@ def test_backoff_is_exponential_jittered_and_honours_stated_waits() -> None:
 async def test_retry_waits_are_exact_with_a_manual_clock(sim_factory: SimFactory) -> None:
     sim = await sim_factory(faults=FaultPlan(schedule={1: "500", 2: "429", 3: "cut"}))
     clock = ManualClock()
-    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None, clock=clock,
-                      retry=RetryPolicy(base_delay=1.0, jitter=lambda upper: 0.0))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-sim",
+        base_url=sim.base_url,
+        rpm=None,
+        clock=clock,
+        retry=RetryPolicy(base_delay=1.0, jitter=lambda upper: 0.0),
+    )
     response = await assemble(model.stream(ModelRequest(Q)))
     assert response.attempts == 4
     assert [r.error.status for r in response.retries] == [500, 429, None]
@@ -104,9 +109,15 @@ async def test_retry_waits_are_exact_with_a_manual_clock(sim_factory: SimFactory
 async def test_total_time_bound(sim_factory: SimFactory) -> None:
     sim = await sim_factory(faults=FaultPlan(rates={"500": 1.0}))
     clock = ManualClock()
-    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None, clock=clock,
-                      retry=RetryPolicy(max_attempts=100, base_delay=4.0, max_delay=4.0,
-                                        max_total_s=20.0, jitter=lambda u: u))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-sim",
+        base_url=sim.base_url,
+        rpm=None,
+        clock=clock,
+        retry=RetryPolicy(
+            max_attempts=100, base_delay=4.0, max_delay=4.0, max_total_s=20.0, jitter=lambda u: u
+        ),
+    )
     with pytest.raises(errors.RetriesExhaustedError) as info:
         await assemble(model.stream(ModelRequest(Q)))
     assert info.value.attempts == 6 and sum(clock.sleeps) <= 20.0
@@ -118,8 +129,13 @@ async def test_200_requests_at_50_rpm_get_no_429(sim_factory: SimFactory) -> Non
     clock = ScaledClock(60.0)  # one simulated minute per real second
     sim = await sim_factory(rpm=50, clock=clock, policy=EchoPolicy())
     limiter = RateLimiter(rpm=50, clock=clock)
-    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, limiter=limiter, clock=clock,
-                      retry=RetryPolicy(max_attempts=1))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-sim",
+        base_url=sim.base_url,
+        limiter=limiter,
+        clock=clock,
+        retry=RetryPolicy(max_attempts=1),
+    )
     start = clock.now()
 
     async def one(i: int) -> None:
@@ -136,13 +152,25 @@ async def test_200_requests_at_50_rpm_get_no_429(sim_factory: SimFactory) -> Non
 
 # -- acceptance: every injected retryable fault recovered and counted -----------------------
 async def test_100_requests_recover_every_retryable_fault(sim_factory: SimFactory) -> None:
-    rates = {"429": 0.05, "overload": 0.05, "500": 0.04, "502": 0.03, "503": 0.03,
-             "reset": 0.05, "cut": 0.05, "badsse": 0.05}  # fmt: skip
+    rates = {
+        "429": 0.05,
+        "overload": 0.05,
+        "500": 0.04,
+        "502": 0.03,
+        "503": 0.03,
+        "reset": 0.05,
+        "cut": 0.05,
+        "badsse": 0.05,
+    }
     plan = FaultPlan(rates=rates, seed=7)
     sim = await sim_factory(faults=plan, policy=EchoPolicy(), clock=ScaledClock(1000.0))
-    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None,
-                      clock=ScaledClock(1000.0),
-                      retry=RetryPolicy(max_attempts=10, max_total_s=600))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-sim",
+        base_url=sim.base_url,
+        rpm=None,
+        clock=ScaledClock(1000.0),
+        retry=RetryPolicy(max_attempts=10, max_total_s=600),
+    )
     retries = 0
 
     async def one(i: int) -> None:
@@ -162,8 +190,9 @@ async def test_100_requests_recover_every_retryable_fault(sim_factory: SimFactor
 
 async def test_stream_cut_is_retryable_and_signalled(sim_factory: SimFactory) -> None:
     sim = await sim_factory(faults=FaultPlan(schedule={1: "cut"}), chunk_chars=2)
-    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None,
-                      retry=RetryPolicy(base_delay=0.01))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-sim", base_url=sim.base_url, rpm=None, retry=RetryPolicy(base_delay=0.01)
+    )
     response = await assemble(model.stream(ModelRequest(Q)))
     assert len(response.retries) == 1
     assert isinstance(response.retries[0].error, errors.StreamInterruptedError)
@@ -180,8 +209,12 @@ async def test_slow_first_byte(sim_factory: SimFactory) -> None:
 
 
 def test_api_key_never_in_errors_or_repr() -> None:
-    model = KimiModel(api_key="sk-secret-xyz", base_url="http://127.0.0.1:9/v1", rpm=None,
-                      retry=RetryPolicy(max_attempts=1))  # fmt: skip
+    model = KimiModel(
+        api_key="sk-secret-xyz",
+        base_url="http://127.0.0.1:9/v1",
+        rpm=None,
+        retry=RetryPolicy(max_attempts=1),
+    )
     assert "sk-secret-xyz" not in repr(model)
 
     async def go() -> None:

@@ -31,13 +31,22 @@ INTERNATIONAL = "https://api.moonshot.ai/v1"
 CHINA = "https://api.moonshot.cn/v1"
 WEB_SEARCH = BuiltinTool("$web_search")
 
-THINKING_SAMPLER = {"temperature": 1.0, "top_p": 0.95, "n": 1,
-                    "presence_penalty": 0.0, "frequency_penalty": 0.0}  # fmt: skip
+THINKING_SAMPLER = {
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "n": 1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 NON_THINKING_TEMPERATURE = 0.6
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$")
-CONTEXT_WINDOWS = {"kimi-k2.6": 262_144, "kimi-k2.5": 262_144, "kimi-k2-thinking": 262_144,
-                   "kimi-k2-thinking-turbo": 262_144}  # fmt: skip
+CONTEXT_WINDOWS = {
+    "kimi-k2.6": 262_144,
+    "kimi-k2.5": 262_144,
+    "kimi-k2-thinking": 262_144,
+    "kimi-k2-thinking-turbo": 262_144,
+}
 
 
 class KimiModel(OpenAIModel):
@@ -113,8 +122,9 @@ class KimiModel(OpenAIModel):
         async with self._transport.post(url, self._headers, body) as response:
             raw = await response.read()
             if response.status != 200:
-                raise self._error(response.status, raw, response.headers.get("x-trace-id"),
-                                  response.headers)  # fmt: skip
+                raise self._error(
+                    response.status, raw, response.headers.get("x-trace-id"), response.headers
+                )
         return int(json.loads(raw)["data"]["total_tokens"])
 
     # -- tools -----------------------------------------------------------------------------

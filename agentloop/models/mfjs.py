@@ -26,11 +26,28 @@ COMMON = frozenset({"description", "title"})
 ROOT_ONLY = frozenset({"$defs", "$id"})
 SUPPORTED = frozenset(
     {
-        "type", "properties", "additionalProperties", "items", "enum", "required", "anyOf",
-        "description", "$defs", "$ref", "title", "$id", "default", "maxLength", "minLength",
-        "maximum", "minimum", "maxItems", "minItems", "pattern",
+        "type",
+        "properties",
+        "additionalProperties",
+        "items",
+        "enum",
+        "required",
+        "anyOf",
+        "description",
+        "$defs",
+        "$ref",
+        "title",
+        "$id",
+        "default",
+        "maxLength",
+        "minLength",
+        "maximum",
+        "minimum",
+        "maxItems",
+        "minItems",
+        "pattern",
     }
-)  # fmt: skip
+)
 ALLOWED_BY_TYPE: dict[str, frozenset[str]] = {
     "object": COMMON
     | {"type", "properties", "required", "additionalProperties", "$ref", "anyOf", "default"},
@@ -119,8 +136,11 @@ class _Checker:
     def run(self) -> list[str]:
         size = len(json.dumps(self.root, separators=(",", ":"), ensure_ascii=False))
         if size > self.limits.max_schema_size:
-            self.fail("", f"schema exceeds maximum allowed size ({size} > "
-                      f"{self.limits.max_schema_size} characters)")  # fmt: skip
+            self.fail(
+                "",
+                f"schema exceeds maximum allowed size ({size} > "
+                f"{self.limits.max_schema_size} characters)",
+            )
         depth = self.node(self.root, "", 0, is_root=True)
         if depth > self.limits.max_depth:
             self.fail("", f"schema depth exceeds maximum limit of {self.limits.max_depth}")
@@ -155,12 +175,16 @@ class _Checker:
         if isinstance(props, dict):
             self.total_properties += len(props)
             if self.total_properties > self.limits.max_total_properties:
-                self.fail(path, "total number of properties keys across all objects exceeds "
-                          f"maximum limit of {self.limits.max_total_properties}")  # fmt: skip
+                self.fail(
+                    path,
+                    "total number of properties keys across all objects exceeds "
+                    f"maximum limit of {self.limits.max_total_properties}",
+                )
             for name, sub in props.items():
                 if isinstance(sub, dict):
-                    max_depth = max(max_depth, self.node(sub, f"{path}/properties/{name}",
-                                                         depth + 1))  # fmt: skip
+                    max_depth = max(
+                        max_depth, self.node(sub, f"{path}/properties/{name}", depth + 1)
+                    )
         for key in ("items", "additionalProperties"):
             sub = schema.get(key)
             if isinstance(sub, dict):
@@ -186,11 +210,17 @@ class _Checker:
         if "type" not in schema:
             return
         if "anyOf" in schema:
-            self.fail(path, "when using anyOf, type should be defined in anyOf items instead of "
-                      "the parent schema")  # fmt: skip
+            self.fail(
+                path,
+                "when using anyOf, type should be defined in anyOf items instead of "
+                "the parent schema",
+            )
         if "$ref" in schema:
-            self.fail(path, "when using $ref, type should be defined in the referenced schema "
-                      "instead of the parent schema")  # fmt: skip
+            self.fail(
+                path,
+                "when using $ref, type should be defined in the referenced schema "
+                "instead of the parent schema",
+            )
         raw = schema["type"]
         if isinstance(raw, str):
             if raw not in JSONTypes:
@@ -223,8 +253,9 @@ class _Checker:
                 for key in sorted(schema):
                     if key == "type" or key in COMMON or (is_root and key in ROOT_ONLY):
                         continue
-                    self.fail(path, f"keyword {key} is not allowed in combination with "
-                              "multiple types")  # fmt: skip
+                    self.fail(
+                        path, f"keyword {key} is not allowed in combination with multiple types"
+                    )
                     return
         allowed = ALLOWED_BY_TYPE[types[0]] | (ROOT_ONLY if is_root else frozenset())
         if types[0] == "string":
@@ -232,14 +263,23 @@ class _Checker:
         elif types[0] == "array":
             self.range(schema, path, "minItems", "maxItems", integer=True, non_negative=True)
         elif types[0] in ("number", "integer"):
-            self.range(schema, path, "minimum", "maximum", integer="integer" in types,
-                       non_negative=False)  # fmt: skip
+            self.range(
+                schema, path, "minimum", "maximum", integer="integer" in types, non_negative=False
+            )
         invalid = [k for k in schema if k not in allowed]
         if invalid:
             self.fail(path, f"invalid keywords: {', '.join(invalid)}")
 
-    def range(self, schema: dict[str, Any], path: str, low: str, high: str, *, integer: bool,
-              non_negative: bool) -> None:  # fmt: skip
+    def range(
+        self,
+        schema: dict[str, Any],
+        path: str,
+        low: str,
+        high: str,
+        *,
+        integer: bool,
+        non_negative: bool,
+    ) -> None:
         values: dict[str, float] = {}
         for key in (low, high):
             if key not in schema or schema[key] is None:
@@ -260,12 +300,14 @@ class _Checker:
                 continue
             values[key] = value
         if low in values and high in values and values[low] > values[high]:
-            self.fail(path, f"{low} ({values[low]:g}) cannot be greater than {high} "
-                      f"({values[high]:g})")  # fmt: skip
+            self.fail(
+                path, f"{low} ({values[low]:g}) cannot be greater than {high} ({values[high]:g})"
+            )
 
     # -- keywords --------------------------------------------------------------------------
-    def keyword(self, key: str, value: Any, schema: dict[str, Any], path: str,
-                is_root: bool) -> None:  # fmt: skip
+    def keyword(
+        self, key: str, value: Any, schema: dict[str, Any], path: str, is_root: bool
+    ) -> None:
         kpath = f"{path}/{key}"
         if key == "properties":
             if not isinstance(value, dict):
@@ -348,8 +390,11 @@ class _Checker:
             self.fail(path, "type array must be an array of strings")
             return
         if len(types) > 2 or (len(types) == 2 and "null" not in types):
-            self.fail(path, "when type is array and enum is specified, only 2 types are "
-                      "supported: null and one of string/integer/number/boolean")  # fmt: skip
+            self.fail(
+                path,
+                "when type is array and enum is specified, only 2 types are "
+                "supported: null and one of string/integer/number/boolean",
+            )
             return
         if len(types) == 2:
             other = next(t for t in types if t != "null")
@@ -363,11 +408,17 @@ class _Checker:
         if any(t in ("string", "number", "integer") for t in types) and (
             len(value) > self.limits.enum_string_check_threshold
         ):
-            total = sum(len(v) if isinstance(v, str) else len(str(v)) for v in value
-                        if isinstance(v, str) or _is_number(v))  # fmt: skip
+            total = sum(
+                len(v) if isinstance(v, str) else len(str(v))
+                for v in value
+                if isinstance(v, str) or _is_number(v)
+            )
             if total > self.limits.max_enum_string_length:
-                self.fail(path, f"total string length of enum values ({total}) exceeds "
-                          f"maximum limit of {self.limits.max_enum_string_length}")  # fmt: skip
+                self.fail(
+                    path,
+                    f"total string length of enum values ({total}) exceeds "
+                    f"maximum limit of {self.limits.max_enum_string_length}",
+                )
 
     def matches(self, value: Any, typ: str, path: str) -> bool:
         if typ == "string":
@@ -405,8 +456,9 @@ class _Checker:
             self.refs.add(value)
             return
         if not value.startswith("#/$defs/"):
-            self.fail(path, "references must start with #/$defs/ (only internal references "
-                      "are supported)")  # fmt: skip
+            self.fail(
+                path, "references must start with #/$defs/ (only internal references are supported)"
+            )
             return
         if value == "#/$defs/":
             self.fail(path, "definition name cannot be empty")
@@ -438,8 +490,9 @@ class _Checker:
             if isinstance(branch, dict):
                 clash = sorted(outer & {k for k in branch if k not in COMMON})
                 if clash:
-                    self.fail(path, "conflicting keywords found in anyOf with parent: "
-                              + ", ".join(clash))  # fmt: skip
+                    self.fail(
+                        path, "conflicting keywords found in anyOf with parent: " + ", ".join(clash)
+                    )
                     return
 
     def defs_names(self, value: Any, path: str) -> None:
@@ -538,17 +591,20 @@ class _Checker:
             if expanded is not None:
                 self.ref_context(schema, expanded, path)
                 if needs_termination and not self.terminates(expanded, set()):
-                    self.fail(path, "detected infinite recursion without termination condition "
-                              "(a required property refers back to itself)")  # fmt: skip
+                    self.fail(
+                        path,
+                        "detected infinite recursion without termination condition "
+                        "(a required property refers back to itself)",
+                    )
                     return
         for key, value in schema.items():
             if key == "$defs":
                 continue
             if isinstance(value, dict):
                 need = needs_termination
-                if key == "properties" and schema.get("required") == []:
-                    need = False
-                elif key == "additionalProperties":
+                if key == "additionalProperties" or (
+                    key == "properties" and schema.get("required") == []
+                ):
                     need = False
                 self.walk_refs(value, need, f"{path}/{key}")
             elif key == "anyOf" and isinstance(value, list):
@@ -588,8 +644,11 @@ class _Checker:
             self.fail(path, "conflicting keywords found after $ref expansion: " + ", ".join(clash))
             return
         if ("type" in parent and "anyOf" in expanded) or ("type" in expanded and "anyOf" in parent):
-            self.fail(path, "invalid schema after $ref expansion: when using anyOf, type should "
-                      "be defined in anyOf items instead of the parent schema")  # fmt: skip
+            self.fail(
+                path,
+                "invalid schema after $ref expansion: when using anyOf, type should "
+                "be defined in anyOf items instead of the parent schema",
+            )
 
 
 def _keys_with_slash(node: Any) -> Iterator[str]:
@@ -631,14 +690,35 @@ def _nesting(schema: dict[str, Any], checker: _Checker, seen: set[str]) -> int:
 # -- normalisation ---------------------------------------------------------------------------
 _DROP = frozenset(
     {
-        "format", "$comment", "$schema", "examples", "example", "exclusiveMinimum",
-        "exclusiveMaximum", "prefixItems", "unevaluatedItems", "unevaluatedProperties",
-        "minContains", "maxContains", "contains", "multipleOf", "uniqueItems", "readOnly",
-        "writeOnly", "deprecated", "discriminator", "minProperties", "maxProperties",
-        "propertyNames", "patternProperties", "dependentRequired", "dependentSchemas",
-        "contentEncoding", "contentMediaType",
+        "format",
+        "$comment",
+        "$schema",
+        "examples",
+        "example",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "prefixItems",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "minContains",
+        "maxContains",
+        "contains",
+        "multipleOf",
+        "uniqueItems",
+        "readOnly",
+        "writeOnly",
+        "deprecated",
+        "discriminator",
+        "minProperties",
+        "maxProperties",
+        "propertyNames",
+        "patternProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contentEncoding",
+        "contentMediaType",
     }
-)  # fmt: skip
+)
 
 
 def _enum_type(values: list[Any]) -> str | None:
@@ -731,7 +811,8 @@ def _norm(node: dict[str, Any], *, is_root: bool = False) -> dict[str, Any]:
         for key in [k for k in node if k not in allowed]:
             node.pop(key)
         if typ == "object" and isinstance(node.get("required"), list):
-            names = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+            props = node.get("properties")
+            names: dict[str, Any] = props if isinstance(props, dict) else {}
             node["required"] = [r for r in node["required"] if r in names]
             if not names and not node["required"]:
                 node.pop("required")

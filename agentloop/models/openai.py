@@ -32,7 +32,6 @@ from .base import (
     ModelRequest,
     ResponseStarted,
     RetryDelta,
-    ToolSpec,
     UsageDelta,
 )
 from .stream import DONE, SSEDecoder, chunk_deltas, message_deltas, parse_chunk
@@ -110,14 +109,20 @@ class OpenAIModel:
         if limiter is _UNSET:
             limiter = (
                 shared_limiter(
-                    self.base_url, self._api_key, rpm=rpm, tpm=tpm,
-                    max_concurrency=max_concurrency, clock=clock,
-                )  # fmt: skip
+                    self.base_url,
+                    self._api_key,
+                    rpm=rpm,
+                    tpm=tpm,
+                    max_concurrency=max_concurrency,
+                    clock=clock,
+                )
                 if (rpm or tpm or max_concurrency)
                 else None
             )
         self.limiter: RateLimiter | None = limiter
-        self._transport: Transport = transport or Httpx2Transport(timeout=timeout)
+        self._transport: Transport = (
+            transport if transport is not None else Httpx2Transport(timeout=timeout)
+        )
         self._owns_transport = transport is None
         self._url = f"{self.base_url}/chat/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
@@ -243,9 +248,7 @@ class OpenAIModel:
         async with self._transport.post(self._url, self._headers, payload) as response:
             if permit is not None:
                 permit.touch()
-            request_id = response.headers.get("x-trace-id") or response.headers.get(
-                "x-request-id"
-            )
+            request_id = response.headers.get("x-trace-id") or response.headers.get("x-request-id")
             if response.status != 200:
                 raw = await response.read()
                 raise self._error(response.status, raw, request_id, response.headers)
@@ -290,9 +293,7 @@ class OpenAIModel:
                     request_id=request_id,
                 )
 
-    def _error(
-        self, status: int, raw: bytes, request_id: str | None, headers: Any
-    ) -> APIError:
+    def _error(self, status: int, raw: bytes, request_id: str | None, headers: Any) -> APIError:
         try:
             body = json.loads(raw)
         except ValueError:

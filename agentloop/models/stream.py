@@ -118,7 +118,9 @@ def message_deltas(obj: dict[str, Any]) -> list[Delta]:
             out.append(TextDelta(content))
         for index, call in enumerate(message.get("tool_calls") or []):
             fn = call.get("function") or {}
-            out.append(ToolCallDelta(index, call.get("id"), fn.get("name"), fn.get("arguments") or ""))
+            out.append(
+                ToolCallDelta(index, call.get("id"), fn.get("name"), fn.get("arguments") or "")
+            )
         usage = obj.get("usage") or choice.get("usage")
         out.append(FinishDelta(choice.get("finish_reason")))
     else:

@@ -8,7 +8,7 @@ swapped in by implementing the same two methods.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import httpx2
@@ -17,8 +17,11 @@ from ..errors import APIConnectionError, StreamInterruptedError
 
 
 class RawResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     def iter_bytes(self) -> AsyncIterator[bytes]: ...
 
@@ -28,24 +31,24 @@ class RawResponse(Protocol):
 class Transport(Protocol):
     def post(
         self, url: str, headers: Mapping[str, str], body: bytes
-    ) -> AsyncIteratorContext: ...
+    ) -> AbstractAsyncContextManager[RawResponse]: ...
 
     async def aclose(self) -> None: ...
 
 
-class AsyncIteratorContext(Protocol):
-    async def __aenter__(self) -> RawResponse: ...
-
-    async def __aexit__(self, *exc: object) -> bool | None: ...
-
-
 class _Httpx2Response:
-    __slots__ = ("_response", "headers", "status")
+    __slots__ = ("_response",)
 
     def __init__(self, response: httpx2.Response) -> None:
         self._response = response
-        self.status = response.status_code
-        self.headers = response.headers
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         try:

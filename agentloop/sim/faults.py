@@ -26,9 +26,23 @@ import random
 from dataclasses import dataclass, field
 
 FAULTS = frozenset(
-    {"429", "overload", "500", "502", "503", "reset", "cut", "badsse", "slow", "truncargs",
-     "quota", "auth", "filter", "403"}
-)  # fmt: skip
+    {
+        "429",
+        "overload",
+        "500",
+        "502",
+        "503",
+        "reset",
+        "cut",
+        "badsse",
+        "slow",
+        "truncargs",
+        "quota",
+        "auth",
+        "filter",
+        "403",
+    }
+)
 RETRYABLE = frozenset({"429", "overload", "500", "502", "503", "reset", "cut", "badsse"})
 
 
@@ -46,8 +60,10 @@ class FaultPlan:
     def __post_init__(self) -> None:
         unknown = (set(self.schedule.values()) | set(self.rates)) - FAULTS
         if unknown:
-            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(FAULTS))}")  # fmt: skip
+            raise ValueError(
+                f"unknown fault(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(FAULTS))}"
+            )
         self._random = random.Random(self.seed)
 
     def pick(self, request_number: int) -> str | None:

@@ -86,7 +86,7 @@ def example_value(schema: dict[str, Any], hint: str, defs: dict[str, Any] | None
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
         return example_value(defs.get(ref.split("/")[-1], {}), hint, defs)
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "anyOf" in schema:
         for branch in schema["anyOf"]:
@@ -136,8 +136,11 @@ class ToolLoopPolicy:
         names = ctx.function_names()
         step = ctx.step
         if names and step < self.steps:
-            by_name = {t["function"]["name"]: t["function"] for t in ctx.tools
-                       if t.get("type") == "function"}  # fmt: skip
+            by_name = {
+                t["function"]["name"]: t["function"]
+                for t in ctx.tools
+                if t.get("type") == "function"
+            }
             calls = []
             for k in range(self.parallel):
                 name = names[(step * self.parallel + k) % len(names)]
@@ -161,9 +164,7 @@ class EchoPolicy:
     """Answers at once, repeating the last user message."""
 
     def __call__(self, ctx: PolicyContext) -> Turn:
-        last = next(
-            (m for m in reversed(ctx.messages) if m.get("role") == "user"), {"content": ""}
-        )
+        last = next((m for m in reversed(ctx.messages) if m.get("role") == "user"), {"content": ""})
         return Turn(reasoning="Echoing.", content=f"echo: {last.get('content')}")
 
 

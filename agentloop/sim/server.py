@@ -14,6 +14,7 @@ reset is a TCP RST, a cut stream is a connection dropped mid-body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -42,12 +43,25 @@ MODELS = {
     "moonshot-v1-128k": 131_072,
 }
 THINKING_MODELS = {"kimi-k2.6", "kimi-k2.5", "kimi-k2-thinking", "kimi-k2-thinking-turbo"}
-FIXED_SAMPLER = {"temperature": 1.0, "top_p": 0.95, "n": 1,
-                 "presence_penalty": 0.0, "frequency_penalty": 0.0}  # fmt: skip
+FIXED_SAMPLER = {
+    "temperature": 1.0,
+    "top_p": 0.95,
+    "n": 1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
 TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$")
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 def count_tokens(text: str) -> int:
@@ -70,8 +84,8 @@ def message_tokens(message: dict[str, Any]) -> int:
         tokens += count_tokens(reasoning)
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
-        tokens += 4 + count_tokens(str(fn.get("name", ""))) + count_tokens(
-            str(fn.get("arguments", ""))
+        tokens += (
+            4 + count_tokens(str(fn.get("name", ""))) + count_tokens(str(fn.get("arguments", "")))
         )
     return tokens
 
@@ -148,8 +162,9 @@ class SimServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=2**24)  # fmt: skip
+        self._server = await asyncio.start_server(
+            self._connection, self.host, self.port, limit=2**24
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -215,11 +230,20 @@ class SimServer:
         self._trace += 1
         return f"sim-{self._trace:06d}"
 
-    async def _send_json(self, writer: asyncio.StreamWriter, status: int, obj: Any,
-                         extra: dict[str, str] | None = None, trace: str | None = None) -> None:  # fmt: skip
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        obj: Any,
+        extra: dict[str, str] | None = None,
+        trace: str | None = None,
+    ) -> None:
         body = json.dumps(obj, ensure_ascii=False).encode()
-        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-                "Content-Type: application/json", f"Content-Length: {len(body)}"]  # fmt: skip
+        head = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        ]
         if trace:
             head.append(f"x-trace-id: {trace}")
         for k, v in (extra or {}).items():
@@ -230,27 +254,46 @@ class SimServer:
 
     async def _send_error(self, writer: asyncio.StreamWriter, err: SimError, trace: str) -> None:
         extra = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
-        await self._send_json(writer, err.status,
-                              {"error": {"type": err.error_type, "message": err.message}},
-                              extra, trace)  # fmt: skip
+        await self._send_json(
+            writer,
+            err.status,
+            {"error": {"type": err.error_type, "message": err.message}},
+            extra,
+            trace,
+        )
 
-    async def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes,
-                        writer: asyncio.StreamWriter) -> bool:  # fmt: skip
+    async def _dispatch(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         self.stats.requests += 1
         trace = self._trace_id()
         try:
             key = self._authenticate(headers)
             if method == "GET" and path == "/v1/models":
-                data = [{"id": m, "object": "model", "owned_by": "moonshot", "context_length": w}
-                        for m, w in MODELS.items()]  # fmt: skip
+                data = [
+                    {"id": m, "object": "model", "owned_by": "moonshot", "context_length": w}
+                    for m, w in MODELS.items()
+                ]
                 await self._send_json(writer, 200, {"object": "list", "data": data}, None, trace)
                 return True
             if method == "POST" and path == "/v1/tokenizers/estimate-token-count":
                 req = self._parse_body(body)
                 self._check_model(req.get("model"))
-                total = sum(message_tokens(m) for m in req.get("messages") or [] if isinstance(m, dict))
-                await self._send_json(writer, 200, {"code": 0, "data": {"total_tokens": total},
-                                                    "scode": "0x0", "status": True}, None, trace)  # fmt: skip
+                total = sum(
+                    message_tokens(m) for m in req.get("messages") or [] if isinstance(m, dict)
+                )
+                await self._send_json(
+                    writer,
+                    200,
+                    {"code": 0, "data": {"total_tokens": total}, "scode": "0x0", "status": True},
+                    None,
+                    trace,
+                )
                 return True
             if method == "POST" and path == "/v1/chat/completions":
                 return await self._chat(key, body, writer, trace)
@@ -272,7 +315,9 @@ class SimServer:
         try:
             req = json.loads(body)
         except ValueError:
-            raise SimError(400, "invalid_request_error", "Invalid request: body is not valid JSON") from None
+            raise SimError(
+                400, "invalid_request_error", "Invalid request: body is not valid JSON"
+            ) from None
         if not isinstance(req, dict):
             raise SimError(400, "invalid_request_error", "Invalid request: body must be an object")
         return req
@@ -280,8 +325,9 @@ class SimServer:
     @staticmethod
     def _check_model(model: Any) -> int:
         if model not in MODELS:
-            raise SimError(404, "resource_not_found_error",
-                           f"Not found the model {model} or Permission denied")  # fmt: skip
+            raise SimError(
+                404, "resource_not_found_error", f"Not found the model {model} or Permission denied"
+            )
         return MODELS[model]
 
     # -- rate limits -------------------------------------------------------------------------
@@ -296,20 +342,32 @@ class SimServer:
         org = "Your account org-sim<ak-sim>"
         if cfg.max_concurrency is not None and account.in_flight >= cfg.max_concurrency:
             self.stats.rate_limited += 1
-            raise SimError(429, "rate_limit_reached_error",
-                           f"{org} request reached organization max concurrency: "
-                           f"{cfg.max_concurrency}, please try again after 1 seconds", 1)  # fmt: skip
+            raise SimError(
+                429,
+                "rate_limit_reached_error",
+                f"{org} request reached organization max concurrency: "
+                f"{cfg.max_concurrency}, please try again after 1 seconds",
+                1,
+            )
         if cfg.rpm is not None and len(account.requests) >= cfg.rpm:
             wait = max(1, math.ceil(account.requests[-cfg.rpm] + 60.0 - now))
             self.stats.rate_limited += 1
-            raise SimError(429, "rate_limit_reached_error",
-                           f"{org} request reached organization max RPM: {cfg.rpm}, please try "
-                           f"again after {wait} seconds", wait)  # fmt: skip
+            raise SimError(
+                429,
+                "rate_limit_reached_error",
+                f"{org} request reached organization max RPM: {cfg.rpm}, please try "
+                f"again after {wait} seconds",
+                wait,
+            )
         if cfg.tpm is not None and account.tokens_in_window + prompt_tokens > cfg.tpm:
             self.stats.rate_limited += 1
-            raise SimError(429, "rate_limit_reached_error",
-                           f"{org} request reached TPM rate limit, current:"
-                           f"{int(account.tokens_in_window)}, limit:{cfg.tpm}", 1)  # fmt: skip
+            raise SimError(
+                429,
+                "rate_limit_reached_error",
+                f"{org} request reached TPM rate limit, current:"
+                f"{int(account.tokens_in_window)}, limit:{cfg.tpm}",
+                1,
+            )
         account.requests.append(now)
         charge = [now, float(prompt_tokens)]
         account.charges.append(charge)
@@ -326,11 +384,15 @@ class SimServer:
         thinking = model in THINKING_MODELS
         if thinking_raw is not None:
             if not isinstance(thinking_raw, dict):
-                raise bad("Invalid request: thinking must be an object like "
-                          '{"type": "enabled"}, got ' + json.dumps(thinking_raw))  # fmt: skip
+                raise bad(
+                    "Invalid request: thinking must be an object like "
+                    '{"type": "enabled"}, got ' + json.dumps(thinking_raw)
+                )
             kind = thinking_raw.get("type")
             if kind not in ("enabled", "disabled"):
-                raise bad(f"Invalid request: thinking.type must be 'enabled' or 'disabled', got {kind!r}")
+                raise bad(
+                    f"Invalid request: thinking.type must be 'enabled' or 'disabled', got {kind!r}"
+                )
             if thinking_raw.get("keep") not in (None, "all"):
                 raise bad("Invalid request: thinking.keep must be 'all' or null")
             if model == "kimi-k2-thinking" and kind == "disabled":
@@ -339,20 +401,22 @@ class SimServer:
         if "reasoning_effort" in req and thinking_raw is not None:
             raise bad("Invalid request: reasoning_effort cannot be used together with thinking")
         if thinking:
-            for name, fixed in FIXED_SAMPLER.items():
-                if name in req and req[name] is not None and req[name] != fixed:
-                    value = 1 if name == "temperature" else fixed
-                    raise bad(f"invalid {name}: only {value} is allowed for this model")
+            for param, fixed in FIXED_SAMPLER.items():
+                if param in req and req[param] is not None and req[param] != fixed:
+                    value = 1 if param == "temperature" else fixed
+                    raise bad(f"invalid {param}: only {value} is allowed for this model")
             choice = req.get("tool_choice")
             if choice is not None and choice not in ("auto", "none"):
-                raise bad("Invalid request: tool_choice must be 'auto' or 'none' when thinking "
-                          f"is enabled, got {json.dumps(choice)}")  # fmt: skip
+                raise bad(
+                    "Invalid request: tool_choice must be 'auto' or 'none' when thinking "
+                    f"is enabled, got {json.dumps(choice)}"
+                )
         tools = req.get("tools") or []
         if not isinstance(tools, list):
             raise bad("Invalid request: tools must be an array")
         if len(tools) > 128:
             raise bad(f"Invalid request: too many tools: {len(tools)} > 128")
-        seen: set[str] = set()
+        seen: set[Any] = set()
         for tool in tools:
             fn = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(fn, dict):
@@ -363,8 +427,10 @@ class SimServer:
                     raise bad(f"Invalid request: unknown builtin function {name!r}")
             elif tool.get("type") == "function":
                 if not isinstance(name, str) or not TOOL_NAME.match(name):
-                    raise bad(f"Invalid request: function name {name!r} is invalid, it must match "
-                              "^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$")  # fmt: skip
+                    raise bad(
+                        f"Invalid request: function name {name!r} is invalid, it must match "
+                        "^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$"
+                    )
                 problems = mfjs.check(fn.get("parameters", {}))
                 if problems:
                     raise bad(f"Invalid request: tool {name} parameters: {problems[0]}")
@@ -397,36 +463,47 @@ class SimServer:
             content = msg.get("content")
             if isinstance(content, list):
                 for part in content:
-                    if isinstance(part, dict) and part.get("type") == "text" and not part.get("text"):
+                    if (
+                        isinstance(part, dict)
+                        and part.get("type") == "text"
+                        and not part.get("text")
+                    ):
                         raise bad("Invalid request: text content is empty")
             if role == "tool":
                 call_id = msg.get("tool_call_id")
                 if pending is None or call_id not in pending:
-                    raise bad(f"Invalid request: tool_call_id {call_id} is not found in the "
-                              f"preceding assistant message (message index {index})")  # fmt: skip
+                    raise bad(
+                        f"Invalid request: tool_call_id {call_id} is not found in the "
+                        f"preceding assistant message (message index {index})"
+                    )
                 if pending[call_id]:
                     raise bad(f"Invalid request: duplicate tool message for tool_call_id {call_id}")
                 pending[call_id] = True
                 continue
             if pending is not None and not all(pending.values()):
                 missing = [k for k, done in pending.items() if not done]
-                raise bad("Invalid request: an assistant message with 'tool_calls' must be "
-                          "followed by tool messages responding to each 'tool_call_id'. "
-                          f"Missing: {', '.join(missing)}")  # fmt: skip
+                raise bad(
+                    "Invalid request: an assistant message with 'tool_calls' must be "
+                    "followed by tool messages responding to each 'tool_call_id'. "
+                    f"Missing: {', '.join(missing)}"
+                )
             pending = None
             if role == "assistant":
                 calls = msg.get("tool_calls")
                 if thinking and "reasoning_content" not in msg and (calls or self.config.strict):
                     kind = "tool call message" if calls else "message"
-                    raise bad("thinking is enabled but reasoning_content is missing in "
-                              f"assistant {kind} at index {index}")  # fmt: skip
+                    raise bad(
+                        "thinking is enabled but reasoning_content is missing in "
+                        f"assistant {kind} at index {index}"
+                    )
                 if calls:
                     pending = {}
                     for call in calls:
                         pending[str(call.get("id"))] = False
         if pending is not None and not all(pending.values()):
-            raise bad("Invalid request: the last assistant message's tool calls have no tool "
-                      "messages")  # fmt: skip
+            raise bad(
+                "Invalid request: the last assistant message's tool calls have no tool messages"
+            )
 
     # -- caching -----------------------------------------------------------------------------
     def _prompt(self, account: _Account, req: dict[str, Any]) -> tuple[int, int]:
@@ -443,8 +520,8 @@ class SimServer:
         total = 0
         cached = 0
         digest = hashlib.blake2b(digest_size=16)
-        for raw, tokens in segments:
-            digest.update(raw)
+        for encoded, tokens in segments:
+            digest.update(encoded)
             total += tokens
             key = digest.digest()
             if key in account.prefixes:
@@ -475,35 +552,58 @@ class SimServer:
             raise SimError(400, "invalid_request_error", "Invalid request: messages missing")
         prompt_tokens = sum(message_tokens(m) for m in req["messages"])
         if prompt_tokens + max_tokens > window:
-            raise SimError(400, "invalid_request_error",
-                           f"Your request exceeded model token limit: {window}")  # fmt: skip
+            raise SimError(
+                400, "invalid_request_error", f"Your request exceeded model token limit: {window}"
+            )
         if fault == "429":
-            raise SimError(429, "rate_limit_reached_error",
-                           "Your account org-sim<ak-sim> request reached organization max RPM: "
-                           f"{cfg.rpm or 50}, please try again after 1 seconds", 1)  # fmt: skip
+            raise SimError(
+                429,
+                "rate_limit_reached_error",
+                "Your account org-sim<ak-sim> request reached organization max RPM: "
+                f"{cfg.rpm or 50}, please try again after 1 seconds",
+                1,
+            )
         if fault == "overload":
-            raise SimError(429, "engine_overloaded_error",
-                           "The engine is currently overloaded, please try again later")  # fmt: skip
+            raise SimError(
+                429,
+                "engine_overloaded_error",
+                "The engine is currently overloaded, please try again later",
+            )
         if fault == "filter":
-            raise SimError(400, "content_filter",
-                           "The request was rejected because it was considered high risk")
+            raise SimError(
+                400,
+                "content_filter",
+                "The request was rejected because it was considered high risk",
+            )
         if fault == "403":
-            raise SimError(403, "permission_denied_error",
-                           "You do not have permission to access this model")
+            raise SimError(
+                403, "permission_denied_error", "You do not have permission to access this model"
+            )
         if fault == "quota":
-            raise SimError(429, "exceeded_current_quota_error",
-                           "Your account org-sim<ak-sim> is suspended, please check your plan "
-                           "and billing details")  # fmt: skip
+            raise SimError(
+                429,
+                "exceeded_current_quota_error",
+                "Your account org-sim<ak-sim> is suspended, please check your plan "
+                "and billing details",
+            )
         if fault in ("500", "502", "503"):
-            raise SimError(int(fault), "server_error", "The server had an error while processing "
-                           "your request, please retry")  # fmt: skip
+            raise SimError(
+                int(fault),
+                "server_error",
+                "The server had an error while processing your request, please retry",
+            )
         charge = self._admit(account, prompt_tokens)
         account.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, account.in_flight)
         try:
             prompt_tokens, cached = self._prompt(account, req)
-            ctx = PolicyContext(req["messages"], req.get("tools") or [], thinking, max_tokens,
-                                self.stats.completions)  # fmt: skip
+            ctx = PolicyContext(
+                req["messages"],
+                req.get("tools") or [],
+                thinking,
+                max_tokens,
+                self.stats.completions,
+            )
             turn = cfg.policy(ctx)
             if not thinking:
                 turn = Turn(reasoning="", content=turn.content, tool_calls=turn.tool_calls)
@@ -516,27 +616,39 @@ class SimServer:
             self.stats.prompt_tokens += prompt_tokens
             self.stats.cached_tokens += cached
             self.stats.completion_tokens += completion
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": prompt_tokens + completion, "cached_tokens": cached}  # fmt: skip
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion,
+                "cached_tokens": cached,
+            }
             delay = (cfg.faults.slow_seconds if fault == "slow" else 0.0) + cfg.latency
             if delay:
                 await cfg.clock.sleep(delay)
             created = int(time.time())
             if not req.get("stream"):
-                payload = {"id": f"chatcmpl-{trace}", "object": "chat.completion",
-                           "created": created, "model": req["model"],
-                           "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                           "usage": usage}  # fmt: skip
+                payload = {
+                    "id": f"chatcmpl-{trace}",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": req["model"],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                }
                 await self._send_json(writer, 200, payload, None, trace)
                 return True
             return await self._stream(writer, trace, req, message, finish, usage, fault, created)
         finally:
             account.in_flight -= 1
 
-    def _apply_budget(self, turn: Turn, max_tokens: int,
-                      req: dict[str, Any]) -> tuple[dict[str, Any], str, int]:  # fmt: skip
-        reasoning_tokens = (turn.reasoning_tokens if turn.reasoning_tokens is not None
-                            else count_tokens(turn.reasoning))  # fmt: skip
+    def _apply_budget(
+        self, turn: Turn, max_tokens: int, req: dict[str, Any]
+    ) -> tuple[dict[str, Any], str, int]:
+        reasoning_tokens = (
+            turn.reasoning_tokens
+            if turn.reasoning_tokens is not None
+            else count_tokens(turn.reasoning)
+        )
         message: dict[str, Any] = {"role": "assistant", "content": ""}
         if reasoning_tokens >= max_tokens:
             # the whole budget went on thinking: no answer, no tool call (seed 001 §3)
@@ -550,7 +662,7 @@ class SimServer:
         if partial.get("role") == "assistant" and partial.get("partial"):
             prefix = str(partial.get("content") or "")
             if content.startswith(prefix):
-                content = content[len(prefix):]  # partial mode: never repeat the prefix
+                content = content[len(prefix) :]  # partial mode: never repeat the prefix
         content_tokens = count_tokens(content)
         if content_tokens > room:
             message["content"] = content[: room * 4]
@@ -572,8 +684,12 @@ class SimServer:
     def _wire_call(self, call: ToolCall, index: int) -> dict[str, Any]:
         self._calls = getattr(self, "_calls", 0) + 1
         call_id = call.id or f"functions.{call.name}:{self._calls - 1}"
-        return {"index": index, "id": call_id, "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
+        return {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
 
     def _chunks(self, message: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Delta dicts: role, reasoning pieces, content pieces, then tool calls interleaved."""
@@ -589,27 +705,53 @@ class SimServer:
             yield {"content": content[i : i + n]}
         calls = message.get("tool_calls") or []
         for call in calls:
-            yield {"tool_calls": [{"index": call["index"], "id": call["id"], "type": "function",
-                                   "function": {"name": call["function"]["name"],
-                                                "arguments": ""}}]}  # fmt: skip
-        pieces = [[a[i : i + n] for i in range(0, len(a), n)]
-                  for a in (c["function"]["arguments"] for c in calls)]  # fmt: skip
+            yield {
+                "tool_calls": [
+                    {
+                        "index": call["index"],
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
+                ]
+            }
+        pieces = [
+            [a[i : i + n] for i in range(0, len(a), n)]
+            for a in (c["function"]["arguments"] for c in calls)
+        ]
         for round_ in range(max((len(p) for p in pieces), default=0)):
             for call, parts in zip(calls, pieces, strict=True):
                 if round_ < len(parts):  # several calls interleave by index
-                    yield {"tool_calls": [{"index": call["index"],
-                                           "function": {"arguments": parts[round_]}}]}  # fmt: skip
+                    yield {
+                        "tool_calls": [
+                            {"index": call["index"], "function": {"arguments": parts[round_]}}
+                        ]
+                    }
 
-    async def _stream(self, writer: asyncio.StreamWriter, trace: str, req: dict[str, Any],
-                      message: dict[str, Any], finish: str, usage: dict[str, Any],
-                      fault: str | None, created: int) -> bool:  # fmt: skip
-        head = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                f"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nx-trace-id: {trace}"
-                "\r\n\r\n")  # fmt: skip
+    async def _stream(
+        self,
+        writer: asyncio.StreamWriter,
+        trace: str,
+        req: dict[str, Any],
+        message: dict[str, Any],
+        finish: str,
+        usage: dict[str, Any],
+        fault: str | None,
+        created: int,
+    ) -> bool:
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            f"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nx-trace-id: {trace}"
+            "\r\n\r\n"
+        )
         writer.write(head.encode())
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
-        base = {"id": f"chatcmpl-{trace}", "object": "chat.completion.chunk", "created": created,
-                "model": req["model"]}  # fmt: skip
+        base = {
+            "id": f"chatcmpl-{trace}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": req["model"],
+        }
         deltas = list(self._chunks(message))
         cut_at = len(deltas) // 2 if fault == "cut" else -1
         bad_at = len(deltas) // 2 if fault == "badsse" else -1
@@ -631,8 +773,10 @@ class SimServer:
         placement = self.config.usage_placement
         if placement == "alternate":
             placement = "top" if self.stats.completions % 2 else "choice"
-        final: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": {},
-                                                       "finish_reason": finish}]}  # fmt: skip
+        final: dict[str, Any] = {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+        }
         if placement == "choice":
             final["choices"][0]["usage"] = usage
         else:
@@ -652,10 +796,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Drop the connection with a TCP RST, as a crashed upstream would."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 

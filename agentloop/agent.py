@@ -1,0 +1,490 @@
+"""The agent loop: one async generator of events per run.
+
+Each step: fit the step budget, stream one model call (deltas become events and the assistant
+message is appended verbatim, reasoning included), run the tool calls concurrently and answer
+each exactly once, account usage and cost, check the limits. A limit ends the run cleanly with
+its ``stop_reason``; by default the model is first asked once, without tools, for its best answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from . import events as ev
+from .budget import Budget
+from .errors import AgentloopError, APIError, ConfigurationError
+from .messages import Message, Usage
+from .models.base import (
+    Assembler,
+    Model,
+    ModelRequest,
+    ReasoningDelta,
+    RetryDelta,
+    TextDelta,
+)
+from .pricing import RateCard
+from .result import RunResult, StepRecord, StopReason, ToolCallRecord
+from .telemetry import Telemetry
+from .tools import Tool, ToolOutcome, render_result
+
+FINAL_ANSWER_PROMPT = (
+    "You have reached the run's {limit}. Do not call any more tools. Give your best final answer "
+    "now, from what you have found so far."
+)
+
+
+@dataclass(slots=True)
+class _State:
+    messages: list[Message]
+    steps: list[StepRecord] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    output: str = ""
+    repeats: dict[tuple[str, str], int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+class RunStream:
+    """The events of one run; iterate it. ``cancel()`` stops the run, which then finishes with
+    ``stop_reason="cancelled"``; ``result`` holds the ``RunResult`` once the run is over."""
+
+    def __init__(self, agent: Agent, task: str | None, history: Sequence[Message] | None) -> None:
+        self._agent = agent
+        self._task = task
+        self._history = history
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
+        self.result: RunResult | None = None
+        self._gen: AsyncIterator[ev.Event] | None = None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> ev.Event:
+        if self._gen is None:
+            self._gen = self._agent._events(self._task, self._history, self)
+        event = await self._gen.__anext__()
+        if isinstance(event, ev.RunFinished):
+            self.result = event.result
+        return event
+
+    async def aclose(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()  # type: ignore[attr-defined]
+
+
+class Agent:
+    """An agent: a model, tools, instructions and a budget. Reusable across runs."""
+
+    def __init__(
+        self,
+        model: Model,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        instructions: str | None = None,
+        budget: Budget | None = None,
+        *,
+        max_result_chars: int = 40_000,
+        loop_limit: int = 3,
+        rate_card: RateCard | None = None,
+    ) -> None:
+        self.model = model
+        self.tools: dict[str, Tool] = {}
+        for item in tools:
+            t = item if isinstance(item, Tool) else _as_tool(item)
+            if t.name in self.tools:
+                raise ConfigurationError(f"two tools are named {t.name!r}")
+            self.tools[t.name] = t
+        self.instructions = instructions
+        self.budget = budget or Budget()
+        self.max_result_chars = max_result_chars
+        self.loop_limit = loop_limit
+        self.rate_card = rate_card or model.rate_card
+        self._specs = [t.spec for t in self.tools.values()]
+        self.telemetry = Telemetry(model.name)
+
+    # -- public ------------------------------------------------------------------------------
+    def stream(
+        self, task: str | None = None, *, history: Sequence[Message] | None = None
+    ) -> RunStream:
+        """Run the agent, yielding events; the last event is ``RunFinished``."""
+        return RunStream(self, task, history)
+
+    async def run(
+        self, task: str | None = None, *, history: Sequence[Message] | None = None
+    ) -> RunResult:
+        """Run the agent to the end and return its result. Continue a conversation or resume a
+        stopped run by passing its ``messages`` as ``history`` (with a new task, or none)."""
+        stream = self.stream(task, history=history)
+        async for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def run_sync(
+        self, task: str | None = None, *, history: Sequence[Message] | None = None
+    ) -> RunResult:
+        """``run`` for scripts without an event loop."""
+        return anyio.run(lambda: self.run(task, history=history))
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _start_messages(self, task: str | None, history: Sequence[Message] | None) -> list[Message]:
+        messages: list[Message] = list(history or [])
+        if not messages and self.instructions:
+            messages.append({"role": "system", "content": self.instructions})
+        if task:
+            messages.append({"role": "user", "content": task})
+        if not any(m.get("role") == "user" for m in messages):
+            raise ConfigurationError("a run needs a task (or a history with a user message)")
+        last = messages[-1]
+        if last.get("role") == "assistant" and not last.get("tool_calls"):
+            raise ConfigurationError(
+                "the history ends with the model's answer: pass a new task "
+                "to continue the conversation"
+            )
+        return messages
+
+    def _limit(self, state: _State, started: float) -> tuple[StopReason, str] | None:
+        b = self.budget
+        if b.max_steps is not None and len(state.steps) >= b.max_steps:
+            return "max_steps", f"{len(state.steps)} steps"
+        if b.deadline_s is not None and time.monotonic() - started >= b.deadline_s:
+            return "deadline", f"{b.deadline_s:g}s deadline"
+        if b.max_cost_usd is not None and state.cost >= b.max_cost_usd:
+            return "cost_budget", f"${state.cost:.4f} of ${b.max_cost_usd:g}"
+        if b.max_billed_tokens is not None and state.usage.total_tokens >= b.max_billed_tokens:
+            return "token_budget", f"{state.usage.total_tokens} billed tokens"
+        return None
+
+    def _step_tokens(self, state: _State) -> int | None:
+        """This step's output budget, or None when the token budget leaves no room for one."""
+        b = self.budget
+        wanted = b.per_step_tokens or self.model.default_max_tokens
+        estimate = self.model.estimate_tokens(state.messages, self._specs)
+        room = self.model.context_window - estimate
+        if b.total_tokens is not None:
+            room = min(room, b.total_tokens - estimate)
+        if b.max_billed_tokens is not None:
+            room = min(room, b.max_billed_tokens - state.usage.total_tokens - estimate)
+        floor = min(self.model.min_max_tokens, wanted)
+        if room < floor:
+            return None
+        return min(wanted, room)
+
+    async def _events(
+        self, task: str | None, history: Sequence[Message] | None, handle: RunStream
+    ) -> AsyncIterator[ev.Event]:
+        state = _State(self._start_messages(task, history))
+        started = time.monotonic()
+        stop: StopReason = "completed"
+        error: str | None = None
+        recorder = self.telemetry.run(task or "")
+        first = ev.RunStarted(task or "", self.model.name)
+        recorder.on_event(first)
+        yield first
+        deadline = (started + self.budget.deadline_s) if self.budget.deadline_s else None
+        limit: tuple[StopReason, str] | None = None
+        with anyio.CancelScope(
+            deadline=anyio.current_time() + (deadline - started) if deadline else float("inf")
+        ) as scope:
+            handle._scope = scope
+            if handle._cancelled:
+                scope.cancel()
+            try:
+                while True:
+                    limit = self._limit(state, started)
+                    if limit:
+                        break
+                    max_tokens = self._step_tokens(state)
+                    if max_tokens is None:
+                        limit = ("token_budget", "no room left for another step")
+                        break
+                    step_no = len(state.steps) + 1
+                    async for event in self._step(state, step_no, max_tokens, recorder):
+                        yield event
+                    record = state.steps[-1]
+                    last = state.messages[-1]
+                    if last.get("role") == "assistant" and not last.get("tool_calls"):
+                        if record.finish_reason == "length" and not last.get("content"):
+                            limit = (
+                                "reasoning_exhausted",
+                                "the reasoning used the whole step budget twice",
+                            )
+                            break
+                        state.output = str(last.get("content") or "")
+                        break
+                    if self._looping(state):
+                        limit = ("loop_detected", "the same tool call kept repeating")
+                        break
+            except APIError as exc:
+                stop, error = "error", str(exc)
+            except AgentloopError as exc:
+                stop, error = "error", str(exc)
+        if scope.cancelled_caught:
+            if handle._cancelled:
+                stop = "cancelled"
+            elif deadline:
+                limit = ("deadline", f"{self.budget.deadline_s:g}s deadline")
+        if limit and stop == "completed":
+            stop = limit[0]
+            hit = ev.LimitHit(limit[0], limit[1])
+            recorder.on_event(hit)
+            yield hit
+            if self.budget.final_answer_on_limit and stop in (
+                "max_steps",
+                "token_budget",
+                "cost_budget",
+            ):
+                try:
+                    async for event in self._final_answer(state, limit[0], recorder):
+                        yield event
+                except (APIError, AgentloopError) as exc:
+                    error = str(exc)
+        result = RunResult(
+            state.output, stop, state.messages, state.steps, state.usage, state.cost, error
+        )
+        done = ev.RunFinished(result)
+        recorder.on_event(done)
+        yield done
+
+    def _looping(self, state: _State) -> bool:
+        return any(count > self.loop_limit for count in state.repeats.values())
+
+    async def _final_answer(
+        self, state: _State, limit: str, recorder: Any
+    ) -> AsyncIterator[ev.Event]:
+        if state.messages[-1].get("role") == "assistant" and not state.messages[-1].get(
+            "tool_calls"
+        ):
+            state.output = str(state.messages[-1].get("content") or "")
+            return
+        label = {
+            "max_steps": "step limit",
+            "token_budget": "token budget",
+            "cost_budget": "cost budget",
+        }.get(limit, limit)
+        state.messages.append({"role": "user", "content": FINAL_ANSWER_PROMPT.format(limit=label)})
+        wanted = self.budget.per_step_tokens or self.model.default_max_tokens
+        room = self.model.context_window - self.model.estimate_tokens(state.messages)
+        if room < min(self.model.min_max_tokens, wanted):
+            state.messages.pop()
+            return
+        async for event in self._step(
+            state, len(state.steps) + 1, min(wanted, room), recorder, use_tools=False
+        ):
+            yield event
+        last = state.messages[-1]
+        if last.get("role") == "assistant":
+            state.output = str(last.get("content") or "")
+
+    async def _step(
+        self, state: _State, step_no: int, max_tokens: int, recorder: Any, use_tools: bool = True
+    ) -> AsyncIterator[ev.Event]:
+        began = time.monotonic()
+        start = ev.StepStarted(step_no, max_tokens)
+        recorder.on_event(start)
+        yield start
+        tools = self._specs if use_tools else ()
+        budget = max_tokens
+        retried_length = False
+        usage = Usage()
+        while True:
+            assembler = Assembler()
+            async for delta in self.model.stream(ModelRequest(state.messages, tools, budget)):
+                assembler.feed(delta)
+                if isinstance(delta, ReasoningDelta):
+                    yield ev.ReasoningDelta(step_no, delta.text)
+                elif isinstance(delta, TextDelta):
+                    yield ev.TextDelta(step_no, delta.text)
+                elif isinstance(delta, RetryDelta):
+                    retry = ev.Retry(step_no, delta.attempt, str(delta.error), delta.wait)
+                    recorder.on_event(retry)
+                    yield retry
+            response = assembler.finish()
+            usage.add(response.usage)
+            exhausted = (
+                response.finish_reason == "length" and not response.text and not response.tool_calls
+            )
+            if exhausted and not retried_length:
+                # Reasoning ate the budget: not an answer. Once, try again with more room.
+                bigger = self._bigger_budget(state, budget, usage)
+                if bigger is not None:
+                    retried_length = True
+                    budget = bigger
+                    continue
+            break
+        state.messages.append(response.message)
+        state.usage.add(usage)
+        if self.rate_card is not None:
+            state.cost += self.rate_card.cost(usage)
+        record = StepRecord(
+            step_no,
+            response.request_id,
+            usage,
+            response.finish_reason,
+            budget,
+            response.limiter_wait,
+            len(response.retries),
+            0.0,
+        )
+        state.steps.append(record)
+        if response.tool_calls and use_tools:
+            async for event in self._run_tools(
+                state, step_no, response.tool_calls, record, recorder
+            ):
+                yield event
+        elif response.tool_calls:
+            # a final-answer call came back with tool calls anyway: answer them as refused
+            for call in response.tool_calls:
+                state.messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call["id"],
+                        "content": "Error: no more tool calls are allowed.",
+                    }
+                )
+        record.duration_s = time.monotonic() - began
+        done = ev.StepFinished(step_no, record, Usage(**_usage_fields(state.usage)), state.cost)
+        recorder.on_event(done)
+        yield done
+
+    def _bigger_budget(self, state: _State, budget: int, usage: Usage) -> int | None:
+        estimate = self.model.estimate_tokens(state.messages, self._specs)
+        room = self.model.context_window - estimate
+        b = self.budget
+        if b.total_tokens is not None:
+            room = min(room, b.total_tokens - estimate)
+        if b.max_billed_tokens is not None:
+            room = min(
+                room, b.max_billed_tokens - state.usage.total_tokens - usage.total_tokens - estimate
+            )
+        bigger = min(budget * 2, room)
+        return bigger if bigger > budget else None
+
+    async def _run_tools(
+        self,
+        state: _State,
+        step_no: int,
+        calls: list[dict[str, Any]],
+        record: StepRecord,
+        recorder: Any,
+    ) -> AsyncIterator[ev.Event]:
+        outcomes: list[tuple[ToolOutcome, float]] = [(ToolOutcome("", False), 0.0)] * len(calls)
+        for call in calls:
+            started = ev.ToolCallStarted(
+                step_no, call["id"], call["function"]["name"], call["function"]["arguments"]
+            )
+            recorder.on_event(started)
+            yield started
+
+        async def run_one(index: int, call: dict[str, Any]) -> None:
+            t0 = time.monotonic()
+            outcome = await self._execute(state, call)
+            outcomes[index] = (outcome, time.monotonic() - t0)
+
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(calls):
+                tg.start_soon(run_one, index, call)
+        for call, (outcome, duration) in zip(calls, outcomes, strict=True):
+            fn = call["function"]
+            key = (fn["name"], fn["arguments"])
+            state.repeats[key] = state.repeats.get(key, 0) + 1
+            content = outcome.content
+            if state.repeats[key] == self.loop_limit:
+                content += (
+                    f"\n[note: this is the {self.loop_limit}th identical call to "
+                    f"{fn['name']} with these arguments; change your approach — the "
+                    "next repeat ends the run]"
+                )
+            # builtin $web_search: the arguments go back unchanged as the result
+            state.messages.append(
+                {"role": "tool", "tool_call_id": call["id"], "name": fn["name"], "content": content}
+            )
+            record.tool_calls.append(
+                ToolCallRecord(
+                    call["id"], fn["name"], fn["arguments"], outcome.ok, outcome.error, duration
+                )
+            )
+            finished = ev.ToolCallFinished(
+                step_no, call["id"], fn["name"], outcome.ok, outcome.error, duration, content
+            )
+            recorder.on_event(finished)
+            yield finished
+
+    async def _execute(self, state: _State, call: dict[str, Any]) -> ToolOutcome:
+        fn = call["function"]
+        name = fn["name"]
+        if name.startswith("$"):
+            return ToolOutcome(fn["arguments"], True)  # provider-run builtin: echo arguments
+        tool = self.tools.get(name)
+        if tool is None:
+            known = ", ".join(self.tools) or "none"
+            return ToolOutcome(
+                f"Error: there is no tool named {name!r}. Available tools: {known}.",
+                False,
+                "unknown_tool",
+            )
+        if state.failures.get(name, 0) >= tool.max_failures:
+            return ToolOutcome(
+                f"Error: {name} has failed {tool.max_failures} times in a row; do "
+                "not call it again — continue without it.",
+                False,
+                "retry_limit",
+            )
+        arguments, problem = tool.parse(fn["arguments"])
+        if problem is None:
+            assert arguments is not None
+            try:
+                with anyio.fail_after(tool.timeout_s) if tool.timeout_s else _nullcontext():
+                    value = await tool.invoke(arguments)
+                limit = tool.max_result_chars or self.max_result_chars
+                problem = ToolOutcome(render_result(value, limit), True)
+            except TimeoutError:
+                problem = ToolOutcome(
+                    f"Error: {name} timed out after {tool.timeout_s:g}s.", False, "timeout"
+                )
+            except Exception as exc:  # a tool's own failure goes back to the model
+                problem = ToolOutcome(
+                    f"Error: {name} raised {type(exc).__name__}: {exc}", False, "exception"
+                )
+        if problem.ok:
+            state.failures[name] = 0
+        else:
+            state.failures[name] = state.failures.get(name, 0) + 1
+        return problem
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _usage_fields(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
+
+
+def _as_tool(fn: Callable[..., Any]) -> Tool:
+    from .tools import tool
+
+    return tool(fn)
+
+
+__all__ = ["Agent", "RunStream", "json"]

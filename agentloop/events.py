@@ -1,0 +1,101 @@
+"""Events: small typed values describing a run as it happens.
+
+``Agent.stream`` yields them; ``Agent.run`` consumes the same stream. Telemetry, the CLI's live
+view and transcripts are consumers of this stream, not hooks inside the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .messages import Usage
+
+if TYPE_CHECKING:
+    from .result import RunResult, StepRecord
+
+
+@dataclass(slots=True)
+class RunStarted:
+    task: str
+    model: str
+
+
+@dataclass(slots=True)
+class StepStarted:
+    step: int
+    max_tokens: int
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    step: int
+    text: str
+
+
+@dataclass(slots=True)
+class TextDelta:
+    step: int
+    text: str
+
+
+@dataclass(slots=True)
+class Retry:
+    step: int
+    attempt: int
+    error: str
+    wait: float
+
+
+@dataclass(slots=True)
+class ToolCallStarted:
+    step: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class ToolCallFinished:
+    step: int
+    call_id: str
+    name: str
+    ok: bool
+    error: str | None
+    duration_s: float
+    result: str
+
+
+@dataclass(slots=True)
+class StepFinished:
+    step: int
+    record: StepRecord
+    usage_so_far: Usage
+    cost_so_far: float
+
+
+@dataclass(slots=True)
+class LimitHit:
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class RunFinished:
+    result: RunResult
+
+
+Event = (
+    RunStarted
+    | StepStarted
+    | ReasoningDelta
+    | TextDelta
+    | Retry
+    | ToolCallStarted
+    | ToolCallFinished
+    | StepFinished
+    | LimitHit
+    | RunFinished
+)
+
+__all__ = ["Any", "Event"]

@@ -1,0 +1,58 @@
+"""What a run returns: the answer, why it stopped, the transcript, per-step records, cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .messages import Message, Usage
+
+StopReason = Literal[
+    "completed",
+    "max_steps",
+    "token_budget",
+    "cost_budget",
+    "deadline",
+    "cancelled",
+    "error",
+    "loop_detected",
+    "reasoning_exhausted",
+]
+
+
+@dataclass(slots=True)
+class ToolCallRecord:
+    call_id: str
+    name: str
+    arguments: str
+    ok: bool
+    error: str | None
+    duration_s: float
+
+
+@dataclass(slots=True)
+class StepRecord:
+    step: int
+    request_id: str | None
+    usage: Usage
+    finish_reason: str | None
+    max_tokens: int
+    limiter_wait_s: float
+    retries: int
+    duration_s: float
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunResult:
+    output: str
+    stop_reason: StopReason
+    messages: list[Message]
+    steps: list[StepRecord]
+    usage: Usage
+    cost_usd: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stop_reason == "completed"

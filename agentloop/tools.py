@@ -1,0 +1,287 @@
+"""Tools: the ``@tool`` decorator, schemas from type hints, validation and execution.
+
+A tool's JSON schema is built once from the function's type hints (through pydantic) and its
+docstring (Google or NumPy style argument descriptions). It is strict: ``additionalProperties:
+false`` and every parameter without a default is required. Arguments are validated with a
+jsonschema validator compiled once per tool, then converted to the annotated Python types by a
+pydantic model built once per tool, before the function runs. Every failure becomes a
+``ToolOutcome`` with a message the model can act on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints, overload
+
+import anyio
+import jsonschema
+import pydantic
+from jsonschema import Draft202012Validator
+
+from .errors import ConfigurationError
+from .models.base import ToolSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_GOOGLE_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params)\s*:\s*$")
+_NUMPY_HEADER = re.compile(r"^\s*(Parameters|Params)\s*$")
+_SECTION_END = re.compile(r"^\s*(Returns|Return|Raises|Yields|Examples?|Notes?)\s*:?\s*$")
+
+
+def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """(summary, {argument: description}) from a Google- or NumPy-style docstring."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    summary_lines: list[str] = []
+    for line in lines:
+        if not line.strip() or _GOOGLE_SECTION.match(line) or _NUMPY_HEADER.match(line):
+            break
+        summary_lines.append(line.strip())
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _GOOGLE_SECTION.match(line):
+            i += 1
+            current: str | None = None
+            indent: int | None = None
+            while i < len(lines) and not _SECTION_END.match(lines[i]):
+                raw = lines[i]
+                if raw.strip():
+                    here = len(raw) - len(raw.lstrip())
+                    match = re.match(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$", raw)
+                    if match and (indent is None or here <= indent):
+                        indent = here
+                        current = match.group(1).lstrip("*")
+                        params[current] = match.group(3).strip()
+                    elif current:
+                        params[current] = (params[current] + " " + raw.strip()).strip()
+                i += 1
+            continue
+        if _NUMPY_HEADER.match(line) and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+            i += 2
+            current = None
+            while i < len(lines) and not (
+                i + 1 < len(lines) and lines[i + 1].strip() and set(lines[i + 1].strip()) == {"-"}
+            ):
+                raw = lines[i]
+                if raw.strip() and not raw.startswith((" ", "\t")):
+                    current = raw.split(":")[0].strip()
+                    params[current] = ""
+                elif raw.strip() and current:
+                    params[current] = (params[current] + " " + raw.strip()).strip()
+                i += 1
+            continue
+        i += 1
+    return " ".join(summary_lines), params
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """Close every object: additionalProperties false (what strict mode means)."""
+    if schema.get("type") == "object" and "properties" in schema:
+        schema.setdefault("additionalProperties", False)
+    for key in ("properties", "$defs"):
+        for sub in (schema.get(key) or {}).values():
+            if isinstance(sub, dict):
+                _strict(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _strict(schema[key])
+    for key in ("anyOf", "oneOf", "allOf"):
+        for sub in schema.get(key) or []:
+            if isinstance(sub, dict):
+                _strict(sub)
+    return schema
+
+
+@dataclass(slots=True)
+class ToolOutcome:
+    """What became of one tool call."""
+
+    content: str
+    ok: bool
+    error: str | None = None  # "invalid_json", "invalid_arguments", "unknown_tool", "timeout",
+    # "exception", "retry_limit"
+
+
+class Tool:
+    """A callable the model can use. Build with ``@tool`` or ``Tool.from_schema``."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        arguments_model: type[pydantic.BaseModel] | None,
+        timeout_s: float | None = 60.0,
+        strict: bool = True,
+        max_failures: int = 3,
+        max_result_chars: int | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+        self.timeout_s = timeout_s
+        self.strict = strict
+        self.max_failures = max_failures
+        self.max_result_chars = max_result_chars
+        self._arguments_model = arguments_model
+        Draft202012Validator.check_schema(parameters)
+        self._validator = Draft202012Validator(parameters)  # compiled once per tool
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self.spec = ToolSpec(name, description, parameters, strict)
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        """Call the underlying function directly (no validation)."""
+        result = self.fn(**kwargs)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    @classmethod
+    def from_schema(
+        cls,
+        fn: Callable[..., Any],
+        parameters: dict[str, Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        **options: Any,
+    ) -> Tool:
+        """A tool from a raw JSON schema and a callable taking the arguments as keywords."""
+        return cls(
+            fn,
+            name=name or fn.__name__,
+            description=description or (fn.__doc__ or ""),
+            parameters=parameters,
+            arguments_model=None,
+            **options,
+        )
+
+    def validation_errors(self, arguments: Any) -> list[str]:
+        errors = sorted(self._validator.iter_errors(arguments), key=lambda e: list(e.path))
+        return [
+            f"{'/' + '/'.join(map(str, e.path)) if e.path else '(root)'}: {e.message}"
+            for e in errors
+        ]
+
+    def parse(self, raw: str) -> tuple[dict[str, Any] | None, ToolOutcome | None]:
+        """Parse and validate raw argument text; on failure, the outcome to send back."""
+        try:
+            arguments = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            return None, ToolOutcome(
+                f"Error: the arguments of {self.name} are not valid JSON ({exc}). Send a JSON "
+                f"object matching the tool's parameters.",
+                False,
+                "invalid_json",
+            )
+        problems = self.validation_errors(arguments)
+        if problems:
+            return None, ToolOutcome(
+                f"Error: invalid arguments for {self.name}: "
+                + "; ".join(problems)
+                + ". Fix them and call the tool again.",
+                False,
+                "invalid_arguments",
+            )
+        return arguments, None
+
+    async def invoke(self, arguments: dict[str, Any]) -> Any:
+        """Run the function on validated arguments (sync functions in a worker thread)."""
+        kwargs = arguments
+        if self._arguments_model is not None:
+            model = self._arguments_model.model_validate(arguments)
+            kwargs = {k: getattr(model, k) for k in type(model).model_fields}
+        if self._is_async:
+            return await self.fn(**kwargs)
+        return await anyio.to_thread.run_sync(lambda: self.fn(**kwargs))
+
+
+def _build(
+    fn: Callable[..., Any], name: str | None, description: str | None, **options: Any
+) -> Tool:
+    summary, docs = parse_docstring(fn.__doc__)
+    hints = get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigurationError(
+                f"tool {fn.__name__}: *args/**kwargs cannot be described "
+                "to a model; list the parameters"
+            )
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, pydantic.Field(default, description=docs.get(param.name)))
+    model = pydantic.create_model(f"{fn.__name__}_arguments", **fields)
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    schema.setdefault("properties", {})
+    schema["type"] = "object"
+    return Tool(
+        fn,
+        name=name or fn.__name__,
+        description=description or summary,
+        parameters=_strict(schema),
+        arguments_model=model,
+        **options,
+    )
+
+
+@overload
+def tool(fn: F, /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float | None = 60.0,
+    strict: bool = True,
+    max_failures: int = 3,
+    max_result_chars: int | None = None,
+) -> Callable[[F], Tool]: ...
+
+
+def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Turn a typed function (sync or async) into a ``Tool``; usable bare or with options."""
+    if fn is not None:
+        return _build(fn, None, None)
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return _build(f, options.pop("name", None), options.pop("description", None), **options)
+
+    return wrap
+
+
+def render_result(value: Any, limit: int | None) -> str:
+    """A tool's return value as message text, cut to ``limit`` characters with a note."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, pydantic.BaseModel):
+        text = value.model_dump_json()
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = str(value)
+    if limit is not None and len(text) > limit:
+        dropped = len(text) - limit
+        text = text[:limit] + f"\n[truncated: {dropped} more characters not shown]"
+    return text
+
+
+ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
+__all__ = ["Tool", "ToolOutcome", "jsonschema", "parse_docstring", "render_result", "tool"]
