@@ -80,18 +80,20 @@ class ScriptedPolicy:
         return item(ctx) if callable(item) else item
 
 
-def example_value(schema: dict[str, Any], hint: str, defs: dict[str, Any] | None = None) -> Any:
+def example_value(
+    schema: dict[str, Any], hint: str, defs: dict[str, Any] | None = None, seed: int = 0
+) -> Any:
     """A small instance that validates against ``schema`` (for the tool-driving policy)."""
     defs = defs if defs is not None else schema.get("$defs", {})
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        return example_value(defs.get(ref.split("/")[-1], {}), hint, defs)
+        return example_value(defs.get(ref.split("/")[-1], {}), hint, defs, seed)
     if schema.get("enum"):
         return schema["enum"][0]
     if "anyOf" in schema:
         for branch in schema["anyOf"]:
             if branch.get("type") != "null":
-                return example_value(branch, hint, defs)
+                return example_value(branch, hint, defs, seed)
         return None
     kind = schema.get("type", "string")
     if isinstance(kind, list):
@@ -99,9 +101,9 @@ def example_value(schema: dict[str, Any], hint: str, defs: dict[str, Any] | None
     if kind == "string":
         return hint
     if kind == "integer":
-        return int(schema.get("minimum", 1))
+        return int(schema.get("minimum", 1)) + seed
     if kind == "number":
-        return float(schema.get("minimum", 1.0))
+        return float(schema.get("minimum", 1.0)) + seed
     if kind == "boolean":
         return True
     if kind == "null":
@@ -109,10 +111,12 @@ def example_value(schema: dict[str, Any], hint: str, defs: dict[str, Any] | None
     if kind == "array":
         items = schema.get("items", {"type": "string"})
         count = max(1, int(schema.get("minItems", 1)))
-        return [example_value(items, hint, defs) for _ in range(count)]
+        return [example_value(items, hint, defs, seed) for _ in range(count)]
     props = schema.get("properties", {})
     required = schema.get("required", list(props))
-    return {name: example_value(props[name], hint, defs) for name in required if name in props}
+    return {
+        name: example_value(props[name], hint, defs, seed) for name in required if name in props
+    }
 
 
 class ToolLoopPolicy:
@@ -145,7 +149,8 @@ class ToolLoopPolicy:
             for k in range(self.parallel):
                 name = names[(step * self.parallel + k) % len(names)]
                 params = by_name[name].get("parameters") or {}
-                args = example_value(params, f"{ctx.task[:40]} (step {step + 1})")
+                n = step * self.parallel + k
+                args = example_value(params, f"{ctx.task[:40]} (step {step + 1}.{k + 1})", seed=n)
                 calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
             plan = ", ".join(c.name for c in calls)
             return Turn(
