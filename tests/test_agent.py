@@ -216,3 +216,35 @@ async def test_spans(sim_factory: SimFactory) -> None:
     assert chat.parent is not None and chat.parent.span_id == run.context.span_id
     dump = json.dumps([dict(s.attributes or {}) for s in exporter.get_finished_spans()])
     assert "sk-sim" not in dump
+
+
+async def test_retry_limit_oversized_results_and_raw_schema_tools(sim_factory: SimFactory) -> None:
+    from agentloop import Tool
+
+    calls = 0
+
+    def flaky(x: int) -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("backend down")
+
+    raw = Tool.from_schema(
+        flaky,
+        {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
+         "additionalProperties": False},
+        name="flaky", description="Fails.", max_failures=2,
+    )  # fmt: skip
+
+    @tool(max_result_chars=50)
+    def big() -> str:
+        """Return a lot."""
+        return "y" * 500
+
+    turns = [Turn(tool_calls=[ToolCall("flaky", f'{{"x": {i}}}')]) for i in range(3)]
+    sim = await sim_factory(policy=ScriptedPolicy([
+        *turns, Turn(tool_calls=[ToolCall("big", "{}")]), Turn(content="done")]))  # fmt: skip
+    result = await Agent(model(sim), tools=[raw, big]).run("go")
+    errors_seen = [s.tool_calls[0].error for s in result.steps[:3]]
+    assert errors_seen == ["exception", "exception", "retry_limit"] and calls == 2
+    big_result = result.messages[-2]["content"]
+    assert big_result.startswith("y" * 50) and "[truncated: 450 more characters" in big_result
