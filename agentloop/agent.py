@@ -8,9 +8,9 @@ its ``stop_reason``; by default the model is first asked once, without tools, fo
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -445,7 +445,7 @@ class Agent:
         if problem is None:
             assert arguments is not None
             try:
-                with anyio.fail_after(tool.timeout_s) if tool.timeout_s else _nullcontext():
+                with anyio.fail_after(tool.timeout_s) if tool.timeout_s else nullcontext():
                     value = await tool.invoke(arguments)
                 limit = tool.max_result_chars or self.max_result_chars
                 problem = ToolOutcome(render_result(value, limit), True)
@@ -464,14 +464,6 @@ class Agent:
         return problem
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _usage_fields(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
@@ -487,4 +479,4 @@ def _as_tool(fn: Callable[..., Any]) -> Tool:
     return tool(fn)
 
 
-__all__ = ["Agent", "RunStream", "json"]
+__all__ = ["Agent", "RunStream"]

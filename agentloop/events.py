@@ -7,7 +7,7 @@ view and transcripts are consumers of this stream, not hooks inside the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .messages import Usage
 
@@ -98,4 +98,4 @@ Event = (
     | RunFinished
 )
 
-__all__ = ["Any", "Event"]
+__all__ = ["Event"]

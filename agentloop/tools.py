@@ -13,12 +13,11 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints, overload
 
 import anyio
-import jsonschema
 import pydantic
 from jsonschema import Draft202012Validator
 
@@ -283,5 +282,4 @@ def render_result(value: Any, limit: int | None) -> str:
     return text
 
 
-ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
-__all__ = ["Tool", "ToolOutcome", "jsonschema", "parse_docstring", "render_result", "tool"]
+__all__ = ["Tool", "ToolOutcome", "parse_docstring", "render_result", "tool"]
