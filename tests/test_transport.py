@@ -146,8 +146,9 @@ async def test_200_requests_at_50_rpm_get_no_429(sim_factory: SimFactory) -> Non
             tg.start_soon(one, i)
     elapsed = clock.now() - start
     assert sim.stats.rate_limited == 0 and sim.stats.by_status == {200: 200}
-    # and the rate was used: 4 windows of 50 need just over 3 minutes
-    assert 180 <= elapsed <= 200, elapsed
+    # and the rate was used: 4 windows of 50 need just over 3 minutes (a fifth would mean
+    # the limiter left a whole window unused; the slack absorbs a slow CI machine)
+    assert 180 <= elapsed <= 235, elapsed
 
 
 # -- acceptance: every injected retryable fault recovered and counted -----------------------
