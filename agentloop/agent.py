@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -166,18 +166,23 @@ class Agent:
             return "token_budget", f"{state.usage.total_tokens} billed tokens"
         return None
 
-    def _step_tokens(self, state: _State) -> int | None:
-        """This step's output budget, or None when the token budget leaves no room for one."""
+    def _room(self, state: _State, spent_this_step: int = 0) -> int:
+        """Output tokens the window and the token budgets leave for the next call."""
         b = self.budget
-        wanted = b.per_step_tokens or self.model.default_max_tokens
         estimate = self.model.estimate_tokens(state.messages, self._specs)
         room = self.model.context_window - estimate
         if b.total_tokens is not None:
             room = min(room, b.total_tokens - estimate)
         if b.max_billed_tokens is not None:
-            room = min(room, b.max_billed_tokens - state.usage.total_tokens - estimate)
-        floor = min(self.model.min_max_tokens, wanted)
-        if room < floor:
+            billed = state.usage.total_tokens + spent_this_step
+            room = min(room, b.max_billed_tokens - billed - estimate)
+        return room
+
+    def _step_tokens(self, state: _State) -> int | None:
+        """This step's output budget, or None when the token budget leaves no room for one."""
+        wanted = self.budget.per_step_tokens or self.model.default_max_tokens
+        room = self._room(state)
+        if room < min(self.model.min_max_tokens, wanted):
             return None
         return min(wanted, room)
 
@@ -354,21 +359,12 @@ class Agent:
                     }
                 )
         record.duration_s = time.monotonic() - began
-        done = ev.StepFinished(step_no, record, Usage(**_usage_fields(state.usage)), state.cost)
+        done = ev.StepFinished(step_no, record, replace(state.usage), state.cost)
         recorder.on_event(done)
         yield done
 
     def _bigger_budget(self, state: _State, budget: int, usage: Usage) -> int | None:
-        estimate = self.model.estimate_tokens(state.messages, self._specs)
-        room = self.model.context_window - estimate
-        b = self.budget
-        if b.total_tokens is not None:
-            room = min(room, b.total_tokens - estimate)
-        if b.max_billed_tokens is not None:
-            room = min(
-                room, b.max_billed_tokens - state.usage.total_tokens - usage.total_tokens - estimate
-            )
-        bigger = min(budget * 2, room)
+        bigger = min(budget * 2, self._room(state, usage.total_tokens))
         return bigger if bigger > budget else None
 
     async def _run_tools(
@@ -462,15 +458,6 @@ class Agent:
         else:
             state.failures[name] = state.failures.get(name, 0) + 1
         return problem
-
-
-def _usage_fields(usage: Usage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "output_tokens": usage.output_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
 
 
 def _as_tool(fn: Callable[..., Any]) -> Tool:

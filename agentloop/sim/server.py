@@ -155,6 +155,7 @@ class SimServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._trace = 0
+        self._calls = 0  # tool-call ids are numbered across the server's life, like Kimi's
 
     @property
     def base_url(self) -> str:
@@ -682,8 +683,8 @@ class SimServer:
         return message, "stop", used
 
     def _wire_call(self, call: ToolCall, index: int) -> dict[str, Any]:
-        self._calls = getattr(self, "_calls", 0) + 1
-        call_id = call.id or f"functions.{call.name}:{self._calls - 1}"
+        call_id = call.id or f"functions.{call.name}:{self._calls}"
+        self._calls += 1
         return {
             "index": index,
             "id": call_id,
