@@ -18,15 +18,18 @@ import anyio
 
 from . import events as ev
 from .budget import Budget
+from .context import ContextStrategy, default_strategies
 from .errors import AgentloopError, APIError, ConfigurationError
 from .messages import Message, Usage
 from .models.base import (
     Assembler,
+    BuiltinTool,
     Model,
     ModelRequest,
     ReasoningDelta,
     RetryDelta,
     TextDelta,
+    ToolSpec,
 )
 from .pricing import RateCard
 from .result import RunResult, StepRecord, StopReason, ToolCallRecord
@@ -48,6 +51,9 @@ class _State:
     output: str = ""
     repeats: dict[tuple[str, str], int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    # (prompt + completion tokens the server reported for the last call, history length then):
+    # the next prompt's size is that plus an estimate of what was appended since.
+    measured: tuple[int, int] | None = None
 
 
 class RunStream:
@@ -90,17 +96,22 @@ class Agent:
     def __init__(
         self,
         model: Model,
-        tools: Sequence[Tool | Callable[..., Any]] = (),
+        tools: Sequence[Tool | BuiltinTool | Callable[..., Any]] = (),
         instructions: str | None = None,
         budget: Budget | None = None,
         *,
         max_result_chars: int = 40_000,
         loop_limit: int = 3,
         rate_card: RateCard | None = None,
+        context: Sequence[ContextStrategy] | None = None,
     ) -> None:
         self.model = model
         self.tools: dict[str, Tool] = {}
+        builtins: list[BuiltinTool] = []
         for item in tools:
+            if isinstance(item, BuiltinTool):  # run by the provider, e.g. Kimi's $web_search
+                builtins.append(item)
+                continue
             t = item if isinstance(item, Tool) else _as_tool(item)
             if t.name in self.tools:
                 raise ConfigurationError(f"two tools are named {t.name!r}")
@@ -110,7 +121,11 @@ class Agent:
         self.max_result_chars = max_result_chars
         self.loop_limit = loop_limit
         self.rate_card = rate_card or model.rate_card
-        self._specs = [t.spec for t in self.tools.values()]
+        self._specs: list[ToolSpec | BuiltinTool] = [t.spec for t in self.tools.values()]
+        self._specs.extend(builtins)
+        self.context: list[ContextStrategy] = (
+            default_strategies() if context is None else list(context)
+        )
         self.telemetry = Telemetry(model.name)
 
     # -- public ------------------------------------------------------------------------------
@@ -166,10 +181,25 @@ class Agent:
             return "token_budget", f"{state.usage.total_tokens} billed tokens"
         return None
 
+    def _prompt_size(self, state: _State) -> int:
+        """The next prompt's size: measured by the server where possible, estimated otherwise."""
+        if state.measured is not None and state.measured[1] <= len(state.messages):
+            tokens, count = state.measured
+            return tokens + self.model.estimate_tokens(state.messages[count:])
+        return self.model.estimate_tokens(state.messages, self._specs)
+
+    def _line(self) -> int:
+        """The most a prompt may hold and still leave room for one full step."""
+        b = self.budget
+        ceiling = self.model.context_window
+        if b.total_tokens is not None:
+            ceiling = min(ceiling, b.total_tokens)
+        return ceiling - (b.per_step_tokens or self.model.default_max_tokens)
+
     def _room(self, state: _State, spent_this_step: int = 0) -> int:
         """Output tokens the window and the token budgets leave for the next call."""
         b = self.budget
-        estimate = self.model.estimate_tokens(state.messages, self._specs)
+        estimate = self._prompt_size(state)
         room = self.model.context_window - estimate
         if b.total_tokens is not None:
             room = min(room, b.total_tokens - estimate)
@@ -215,6 +245,14 @@ class Agent:
                         limit = ("token_budget", "no room left for another step")
                         break
                     step_no = len(state.steps) + 1
+                    if self.context:
+                        async for edited in self._manage(state, step_no):
+                            recorder.on_event(edited)
+                            yield edited
+                        max_tokens = self._step_tokens(state)
+                        if max_tokens is None:
+                            limit = ("token_budget", "no room left for another step")
+                            break
                     async for event in self._step(state, step_no, max_tokens, recorder):
                         yield event
                     record = state.steps[-1]
@@ -261,6 +299,21 @@ class Agent:
         done = ev.RunFinished(result)
         recorder.on_event(done)
         yield done
+
+    async def _manage(self, state: _State, step_no: int) -> AsyncIterator[ev.ContextEdited]:
+        window = _Window(self, state)
+        for strategy in self.context:
+            window.call_usage = Usage()
+            edit = await strategy.manage(window)
+            if edit is not None:
+                yield ev.ContextEdited(
+                    step_no,
+                    edit.strategy,
+                    edit.tokens_before,
+                    edit.tokens_after,
+                    edit.detail,
+                    window.call_usage,
+                )
 
     def _looping(self, state: _State) -> bool:
         return any(count > self.loop_limit for count in state.repeats.values())
@@ -317,6 +370,7 @@ class Agent:
                     yield retry
             response = assembler.finish()
             usage.add(response.usage)
+            last_call = response.usage
             exhausted = (
                 response.finish_reason == "length" and not response.text and not response.tool_calls
             )
@@ -329,6 +383,11 @@ class Agent:
                     continue
             break
         state.messages.append(response.message)
+        if last_call.input_tokens:
+            state.measured = (
+                last_call.input_tokens + last_call.output_tokens,
+                len(state.messages),
+            )
         state.usage.add(usage)
         if self.rate_card is not None:
             state.cost += self.rate_card.cost(usage)
@@ -396,6 +455,8 @@ class Agent:
             key = (fn["name"], fn["arguments"])
             state.repeats[key] = state.repeats.get(key, 0) + 1
             content = outcome.content
+            for strategy in self.context:
+                content = strategy.shape_result(content, fn["name"], fn["arguments"])
             if state.repeats[key] == self.loop_limit:
                 content += (
                     f"\n[note: this is the {self.loop_limit}th identical call to "
@@ -458,6 +519,57 @@ class Agent:
         else:
             state.failures[name] = state.failures.get(name, 0) + 1
         return problem
+
+
+class _Window:
+    """The agent's side of ``context.ContextWindow``."""
+
+    def __init__(self, agent: Agent, state: _State) -> None:
+        self._agent = agent
+        self._state = state
+        self.messages = state.messages
+        self._tokens = agent._prompt_size(state)
+        self.call_usage = Usage()
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    @property
+    def limit(self) -> int:
+        return self._agent._line()
+
+    @property
+    def window(self) -> int:
+        ceiling = self._agent.model.context_window
+        total = self._agent.budget.total_tokens
+        return min(ceiling, total) if total is not None else ceiling
+
+    def estimate(self, messages: Sequence[Message]) -> int:
+        return self._agent.model.estimate_tokens(messages)
+
+    def replace(self, messages: list[Message]) -> None:
+        # in place: RunStream users and the result share this list
+        self._state.messages[:] = messages
+        self._state.measured = None
+        self.messages = self._state.messages
+        self._tokens = self._agent._prompt_size(self._state)
+
+    async def summarise(self, messages: list[Message], max_tokens: int) -> str:
+        agent = self._agent
+        room = self.window - agent.model.estimate_tokens(messages, agent._specs)
+        request = ModelRequest(messages, agent._specs, max(1, min(max_tokens, room)))
+        assembler = Assembler()
+        async for delta in agent.model.stream(request):
+            assembler.feed(delta)
+        response = assembler.finish()
+        self._state.usage.add(response.usage)
+        self.call_usage.add(response.usage)
+        if agent.rate_card is not None:
+            self._state.cost += agent.rate_card.cost(response.usage)
+        if response.finish_reason == "length":
+            return ""  # a cut-off summary would silently lose the end of the findings
+        return response.text
 
 
 def _as_tool(fn: Callable[..., Any]) -> Tool:

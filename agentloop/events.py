@@ -75,6 +75,19 @@ class StepFinished:
 
 
 @dataclass(slots=True)
+class ContextEdited:
+    """A context strategy edited the history before ``step``; ``usage`` is the cost of any model
+    call the edit made (a compaction summary)."""
+
+    step: int
+    strategy: str
+    tokens_before: int
+    tokens_after: int
+    detail: str
+    usage: Usage
+
+
+@dataclass(slots=True)
 class LimitHit:
     reason: str
     detail: str
@@ -94,6 +107,7 @@ Event = (
     | ToolCallStarted
     | ToolCallFinished
     | StepFinished
+    | ContextEdited
     | LimitHit
     | RunFinished
 )

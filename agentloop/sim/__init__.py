@@ -3,8 +3,10 @@
 from .faults import RETRYABLE, FaultPlan
 from .policies import (
     POLICIES,
+    BrowsePolicy,
     EchoPolicy,
     PolicyContext,
+    ResearchPolicy,
     ScriptedPolicy,
     ToolCall,
     ToolLoopPolicy,
@@ -15,9 +17,11 @@ from .server import SimConfig, SimServer, SimStats, count_tokens, message_tokens
 __all__ = [
     "POLICIES",
     "RETRYABLE",
+    "BrowsePolicy",
     "EchoPolicy",
     "FaultPlan",
     "PolicyContext",
+    "ResearchPolicy",
     "ScriptedPolicy",
     "SimConfig",
     "SimServer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +174,165 @@ class EchoPolicy:
         return Turn(reasoning="Echoing.", content=f"echo: {last.get('content')}")
 
 
+class ResearchPolicy:
+    """A long multi-hop search whose answer needs facts found far apart.
+
+    Each step calls ``search`` for the next page; how far it has got is read from the context it
+    receives (page arguments of earlier calls, or a "searched up to page N" line in a summary or
+    notes). When a tool result in the context holds ``FACT <key> = <value>``, the next turn notes
+    it in visible text, as a model writing down a finding would. After ``pages`` pages, or when
+    called without tools (a final-answer call), it answers with the facts it can see in the
+    context it was sent and nothing else: a fact lost from the context is a wrong answer. Asked
+    to "write a summary" (a compaction call), it writes its progress and every fact it sees.
+    """
+
+    FACT = re.compile(r"FACT (\w+) = (\w+)")
+    PAGE = re.compile(r'"page":\s*(\d+)')
+    PROGRESS = re.compile(r"[Ss]earched up to page (\d+)")
+
+    def __init__(self, pages: int = 200, reasoning_tokens: int = 250, tool: str = "search") -> None:
+        self.pages = pages
+        self.reasoning_chars = reasoning_tokens * 4
+        self.tool = tool
+
+    def _facts(self, ctx: PolicyContext) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for m in ctx.messages:
+            for text in (m.get("content"), m.get("reasoning_content")):
+                if isinstance(text, str):
+                    found.update(self.FACT.findall(text))
+        return found
+
+    def _progress(self, ctx: PolicyContext) -> int:
+        reached = 0
+        for m in ctx.messages:
+            for call in m.get("tool_calls") or ():
+                for page in self.PAGE.findall(str(call.get("function", {}).get("arguments", ""))):
+                    reached = max(reached, int(page))
+            if isinstance(m.get("content"), str):
+                for page in self.PROGRESS.findall(m["content"]):
+                    reached = max(reached, int(page))
+        return reached
+
+    def _think(self, text: str) -> str:
+        return (text + " ") * max(1, self.reasoning_chars // (len(text) + 1))
+
+    def answer(self, ctx: PolicyContext) -> str:
+        facts = self._facts(ctx)
+        return "ANSWER: " + "; ".join(f"{k} = {v}" for k, v in sorted(facts.items()))
+
+    def __call__(self, ctx: PolicyContext) -> Turn:
+        last = ctx.messages[-1] if ctx.messages else {}
+        reached = self._progress(ctx)
+        if last.get("role") == "user" and "write a summary" in str(last.get("content", "")).lower():
+            facts = self._facts(ctx)
+            lines = [f"Searched up to page {reached}."]
+            lines += [f"FACT {k} = {v}" for k, v in sorted(facts.items())]
+            return Turn(reasoning=self._think("Summarising."), content="\n".join(lines))
+        if self.tool not in ctx.function_names() or reached >= self.pages:
+            return Turn(reasoning=self._think("I can answer now."), content=self.answer(ctx))
+        # note what the newest tool results found, so it survives when they are cleared
+        new: list[str] = []
+        for m in reversed(ctx.messages):
+            if m.get("role") != "tool":
+                break
+            new += [f"FACT {k} = {v}" for k, v in self.FACT.findall(str(m.get("content", "")))]
+        page = reached + 1
+        note = (" Noted " + "; ".join(new) + ".") if new else ""
+        return Turn(
+            reasoning=self._think(f"Page {reached} read; the next page may hold a missing fact."),
+            content=f"Searched up to page {reached}.{note}",
+            tool_calls=[ToolCall(self.tool, json.dumps({"query": ctx.task[:60], "page": page}))],
+        )
+
+
+class BrowsePolicy:
+    """A small search-then-read model for ``search(query)`` / ``open(id)`` tools: searches for
+    the task, opens the top ``read`` hits (in parallel), then answers by quoting the lines of
+    what it read that share the most words with the task, naming where each came from."""
+
+    STOP = frozenset(
+        {
+            "a",
+            "an",
+            "and",
+            "are",
+            "as",
+            "at",
+            "be",
+            "by",
+            "can",
+            "do",
+            "does",
+            "for",
+            "from",
+            "how",
+            "i",
+            "in",
+            "is",
+            "it",
+            "of",
+            "on",
+            "or",
+            "that",
+            "the",
+            "this",
+            "to",
+            "what",
+            "when",
+            "which",
+            "who",
+            "why",
+            "with",
+            "you",
+            "your",
+        }
+    )
+
+    def __init__(self, read: int = 2, quote_lines: int = 3) -> None:
+        self.read = read
+        self.quote_lines = quote_lines
+
+    def _words(self, text: str) -> set[str]:
+        return {w for w in re.findall(r"[a-z0-9_]+", text.lower()) if w not in self.STOP}
+
+    def __call__(self, ctx: PolicyContext) -> Turn:
+        names = ctx.function_names()
+        results = ctx.tool_results()
+        if "search" in names and not results:
+            return Turn(
+                reasoning="I should search the collection for the task's key terms first.",
+                tool_calls=[ToolCall("search", json.dumps({"query": ctx.task, "limit": 5}))],
+            )
+        last = results[-1] if results else ""
+        hits = re.findall(r"^\[(\d+)\] ", last, re.MULTILINE)
+        if "open" in names and hits and len(results) == 1:
+            picked = hits[: self.read]
+            return Turn(
+                reasoning=f"The best hits look like {', '.join(picked)}; I will read them.",
+                tool_calls=[ToolCall("open", json.dumps({"id": int(h)})) for h in picked],
+            )
+        wanted = self._words(ctx.task)
+        scored: list[tuple[int, int, str, str]] = []
+        for order, page in enumerate(results[1:] or results):
+            source = page.split("\n", 1)[0]
+            for line in page.splitlines()[1:]:
+                score = len(wanted & self._words(line))
+                if score and not line.startswith("["):
+                    scored.append((-score, order, line.strip(), source))
+        scored.sort()
+        if not scored:
+            return Turn(reasoning="Nothing relevant came back.", content="I could not find it.")
+        quotes = [f"- {line} (from {source})" for _, _, line, source in scored[: self.quote_lines]]
+        return Turn(
+            reasoning="I have read the pages; these lines answer the question.",
+            content="Here is what the documentation says:\n" + "\n".join(quotes),
+        )
+
+
 POLICIES: dict[str, Callable[[], Policy]] = {
     "tools": ToolLoopPolicy,
     "echo": EchoPolicy,
+    "research": ResearchPolicy,
+    "browse": BrowsePolicy,
 }
