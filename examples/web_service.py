@@ -1,0 +1,102 @@
+"""An agent inside a small web service: POST /run {"task": ...} streams the run's events as
+Server-Sent Events. A plain ASGI app (no framework); serve it with any ASGI server:
+
+    uvicorn examples.web_service:app            # needs MOONSHOT_API_KEY
+    AGENTLOOP_OFFLINE=1 python examples/web_service.py   # simulator as the model, port 8000
+
+    curl -N -X POST localhost:8000/run -d '{"task": "count the words in hello world"}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agentloop import Agent, KimiModel, tool
+from agentloop.transcript import event_to_dict
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@tool
+def word_count(text: str) -> int:
+    """Count the words in a text.
+
+    Args:
+        text: the text.
+    """
+    return len(text.split())
+
+
+def make_app(model: KimiModel) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    agent = Agent(model, tools=[word_count], instructions="Use the tools, then answer briefly.")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST" or scope["path"] != "/run":
+            await _plain(send, 404, b'POST /run with {"task": ...}\n')
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            task = str(json.loads(body)["task"])
+        except (ValueError, KeyError, TypeError):
+            await _plain(send, 400, b'the body must be JSON like {"task": "..."}\n')
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        stream = agent.stream(task)
+        try:
+            async for event in stream:
+                data = json.dumps(event_to_dict(event), ensure_ascii=False)
+                name = type(event).__name__
+                chunk = f"event: {name}\ndata: {data}\n\n".encode()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            stream.cancel()  # the client went away: stop the run (and its model calls)
+            await stream.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+async def _plain(send: Send, status: int, text: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
+    await send({"type": "http.response.body", "body": text})
+
+
+if os.environ.get("MOONSHOT_API_KEY"):
+    app = make_app(KimiModel())
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    from agentloop.sim import SimServer
+
+    with SimServer().run_in_thread() as sim:
+        model = KimiModel(api_key="sk-sim", base_url=sim.base_url)
+        uvicorn.run(make_app(model), host="127.0.0.1", port=8000)
