@@ -358,7 +358,10 @@ class Agent:
         usage = Usage()
         while True:
             assembler = Assembler()
-            async for delta in self.model.stream(ModelRequest(state.messages, tools, budget)):
+            request = ModelRequest(
+                state.messages, tools, budget, input_tokens=self._prompt_size(state)
+            )
+            async for delta in self.model.stream(request):
                 assembler.feed(delta)
                 if isinstance(delta, ReasoningDelta):
                     yield ev.ReasoningDelta(step_no, delta.text)
@@ -447,9 +450,12 @@ class Agent:
             outcome = await self._execute(state, call)
             outcomes[index] = (outcome, time.monotonic() - t0)
 
-        async with anyio.create_task_group() as tg:
-            for index, call in enumerate(calls):
-                tg.start_soon(run_one, index, call)
+        if len(calls) == 1:
+            await run_one(0, calls[0])  # no task group for the common single call
+        else:
+            async with anyio.create_task_group() as tg:
+                for index, call in enumerate(calls):
+                    tg.start_soon(run_one, index, call)
         for call, (outcome, duration) in zip(calls, outcomes, strict=True):
             fn = call["function"]
             key = (fn["name"], fn["arguments"])

@@ -24,8 +24,18 @@ class Telemetry:
         self.model = model
         self.provider = provider
 
-    def run(self, task: str) -> RunRecorder:
+    def run(self, task: str) -> RunRecorder | NullRecorder:
+        # With no tracer provider installed every span would be a no-op: skip building them.
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            return NullRecorder()
         return RunRecorder(self)
+
+
+class NullRecorder:
+    __slots__ = ()
+
+    def on_event(self, event: ev.Event) -> None:
+        pass
 
 
 class RunRecorder:

@@ -170,7 +170,7 @@ async def test_100_requests_recover_every_retryable_fault(sim_factory: SimFactor
         base_url=sim.base_url,
         rpm=None,
         clock=ScaledClock(1000.0),
-        retry=RetryPolicy(max_attempts=10, max_total_s=600),
+        retry=RetryPolicy(max_attempts=10, max_total_s=1e9),  # 1000x clock: no wall-time bound
     )
     retries = 0
 
@@ -231,3 +231,17 @@ def test_sim_server_runs_in_a_thread() -> None:
         model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None)
         response = anyio.run(lambda: assemble(model.stream(ModelRequest(Q))))
         assert response.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_sequential_calls_reuse_one_connection(sim_factory: SimFactory, stream: bool) -> None:
+    # a streamed body must be read to its end after [DONE], or the pool drops the connection
+    sim = await sim_factory(policy=EchoPolicy(), chunk_chars=4)
+    model = KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None, stream=stream)
+    for i in range(10):
+        response = await assemble(
+            model.stream(ModelRequest([{"role": "user", "content": f"q{i}"}]))
+        )
+        assert response.text == f"echo: q{i}"
+    assert sim.stats.connections == 1
+    await model.aclose()

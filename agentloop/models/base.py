@@ -46,6 +46,9 @@ class ModelRequest:
     tool_choice: ToolChoice | None = None
     # Per-call override of the client's thinking setting (e.g. for $web_search or forced tools).
     thinking: bool | None = None
+    # The caller's figure for the prompt's size (the agent measures it from usage), which saves
+    # the model client estimating the whole history again.
+    input_tokens: int | None = None
 
 
 # -- deltas ----------------------------------------------------------------------------------

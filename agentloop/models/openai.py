@@ -7,6 +7,7 @@ quirks live in subclasses that override ``build_body`` (see ``kimi.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -129,6 +130,7 @@ class OpenAIModel:
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._tool_cache: dict[int, tuple[AnyTool, dict[str, Any]]] = {}
+        self._tool_tokens: dict[int, tuple[AnyTool, int]] = {}
 
     def _missing_key_message(self) -> str:
         return f"no API key: pass api_key= or set {self.api_key_env}"
@@ -201,17 +203,23 @@ class OpenAIModel:
 
     def estimate_tokens(self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()) -> int:
         total = sum(estimate_message_tokens(m) for m in messages)
-        if tools:
-            total += sum(
-                len(json.dumps(wire, separators=(",", ":"))) // 4 + 8
-                for wire in self._wire_tools(tools)
-            )
+        for tool in tools:
+            cached = self._tool_tokens.get(id(tool))
+            if cached is None or cached[0] is not tool:
+                wire = self._wire_tools([tool])[0]
+                cached = (tool, len(json.dumps(wire, separators=(",", ":"))) // 4 + 8)
+                self._tool_tokens[id(tool)] = cached
+            total += cached[1]
         return total
 
     # -- the call --------------------------------------------------------------------------
     async def stream(self, request: ModelRequest) -> AsyncIterator[Delta]:
         """Stream one model call as deltas, retrying retryable failures (see ``RetryDelta``)."""
-        input_estimate = self.estimate_tokens(request.messages, request.tools)
+        input_estimate = (
+            request.input_tokens
+            if request.input_tokens is not None
+            else self.estimate_tokens(request.messages, request.tools)
+        )
         body = self.build_body(request, input_estimate)
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         reserve = input_estimate + int(body.get("max_tokens") or 0)
@@ -268,7 +276,10 @@ class OpenAIModel:
             done = False
             finished = False
             out: list[Delta] = []
-            async for chunk in response.iter_bytes():
+            chunks = response.iter_bytes()
+            async for chunk in chunks:
+                if done:
+                    break
                 for event in decoder.feed(chunk):
                     if event == DONE:
                         done = True
@@ -281,6 +292,11 @@ class OpenAIModel:
                         yield delta
                     out.clear()
                 if done:
+                    # Read the body to its end (normally just the last empty chunk) so the
+                    # connection goes back to the pool; a failure now no longer matters.
+                    with contextlib.suppress(StreamInterruptedError):
+                        async for _ in chunks:
+                            pass
                     break
             if not done:
                 for event in decoder.flush():

@@ -76,24 +76,41 @@ def chunk_deltas(obj: dict[str, Any], out: list[Delta]) -> None:
         choice = choices[0]
         delta = choice.get("delta")
         if delta:
+            # Pieces that arrive in the same network read are merged into the previous delta
+            # of the same kind: fewer objects and events, same text.
+            last = out[-1] if out else None
             reasoning = delta.get("reasoning_content")
             if reasoning is not None:
-                out.append(ReasoningDelta(reasoning))
+                if type(last) is ReasoningDelta:
+                    last.text += reasoning
+                else:
+                    last = ReasoningDelta(reasoning)
+                    out.append(last)
             content = delta.get("content")
             if content:
-                out.append(TextDelta(content))
+                if type(last) is TextDelta:
+                    last.text += content
+                else:
+                    last = TextDelta(content)
+                    out.append(last)
             calls = delta.get("tool_calls")
             if calls:
                 for call in calls:
                     fn = call.get("function") or {}
-                    out.append(
-                        ToolCallDelta(
-                            call.get("index", 0),
-                            call.get("id"),
-                            fn.get("name"),
-                            fn.get("arguments") or "",
-                        )
-                    )
+                    index = call.get("index", 0)
+                    call_id = call.get("id")
+                    name = fn.get("name")
+                    arguments = fn.get("arguments") or ""
+                    if (
+                        type(last) is ToolCallDelta
+                        and last.index == index
+                        and call_id is None
+                        and name is None
+                    ):
+                        last.arguments += arguments
+                    else:
+                        last = ToolCallDelta(index, call_id, name, arguments)
+                        out.append(last)
         if usage is None:
             usage = choice.get("usage")  # Kimi may put streamed usage inside the choice
         reason = choice.get("finish_reason")

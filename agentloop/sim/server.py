@@ -129,6 +129,7 @@ class SimStats:
     cached_tokens: int = 0
     completion_tokens: int = 0
     max_in_flight: int = 0
+    connections: int = 0  # TCP connections accepted (a client that pools reuses a few)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keep_bodies: bool = True
 
@@ -198,6 +199,7 @@ class SimServer:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
+        self.stats.connections += 1
         try:
             while True:
                 line = await reader.readline()

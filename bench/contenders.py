@@ -1,0 +1,340 @@
+"""The same tool-calling task run by each contender: ``python -m bench.contenders NAME URL OPTS``.
+
+Every contender drives the simulator's tool loop (one ``lookup`` call per step, ~1.5 KB results,
+then an answer) with thinking disabled (the peers do not send ``reasoning_content`` back) and
+no retries. A warm-up run is excluded; then ``runs`` runs (``concurrency`` at a time) are timed.
+Prints one JSON line: CPU seconds and wall seconds of the timed part, model calls made, and the
+process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+MODEL = "kimi-k2.6"
+KEY = "sk-sim"
+NO_THINKING = {"thinking": {"type": "disabled"}}
+TASK = "Find out about the harbour archive and summarise it."
+RESULT = ("The harbour archive ledger lists vessels, cargo and dates. " * 26)[:1500]
+SCHEMA = {
+    "type": "object",
+    "properties": {"query": {"type": "string", "description": "what to look up"}},
+    "required": ["query"],
+    "additionalProperties": False,
+}
+
+
+async def lookup_impl(query: str) -> str:
+    # async and I/O-free for every contender: the floor calls it inline, and nobody pays a
+    # worker-thread hop that another contender does not
+    return f"{query}: {RESULT}"
+
+
+Runner = Callable[[], Awaitable[int]]  # one run; returns the model calls it made
+
+
+# -- the floor: a minimal hand-written loop on httpx2 ----------------------------------------------
+def httpx_floor(base_url: str, stream: bool) -> Runner:
+    import httpx2
+
+    client = httpx2.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Look up.", "parameters": SCHEMA},
+        }
+    ]
+
+    async def call(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {
+            "model": MODEL,
+            "messages": messages,
+            "tools": tools,
+            "max_tokens": 4096,
+            "stream": stream,
+            **NO_THINKING,
+        }
+        if not stream:
+            response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["choices"][0]["message"]  # type: ignore[no-any-return]
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        calls: dict[int, dict[str, Any]] = {}
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or []
+                if not choices:
+                    continue
+                delta = choices[0].get("delta") or {}
+                if delta.get("content"):
+                    message["content"] += delta["content"]
+                for piece in delta.get("tool_calls") or ():
+                    slot = calls.setdefault(
+                        piece["index"],
+                        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
+                    slot["id"] = piece.get("id") or slot["id"]
+                    fn = piece.get("function") or {}
+                    slot["function"]["name"] += fn.get("name") or ""
+                    slot["function"]["arguments"] += fn.get("arguments") or ""
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return message
+
+    async def run() -> int:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": TASK}]
+        made = 0
+        while True:
+            message = await call(messages)
+            made += 1
+            messages.append(message)
+            if not message.get("tool_calls"):
+                return made
+            for tc in message["tool_calls"]:
+                args = json.loads(tc["function"]["arguments"])
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": tc["id"],
+                        "content": await lookup_impl(args["query"]),
+                    }
+                )
+
+    return run
+
+
+# -- a loop on the official openai SDK ---------------------------------------------------------
+def openai_sdk(base_url: str, stream: bool) -> Runner:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Look up.", "parameters": SCHEMA},
+        }
+    ]
+
+    async def run() -> int:
+        messages: list[Any] = [{"role": "user", "content": TASK}]
+        made = 0
+        while True:
+            made += 1
+            if stream:
+                content, calls = "", {}
+                async for chunk in await client.chat.completions.create(
+                    model=MODEL,
+                    messages=messages,
+                    tools=tools,
+                    max_tokens=4096,
+                    stream=True,
+                    extra_body=NO_THINKING,
+                ):
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta
+                    content += delta.content or ""
+                    for piece in delta.tool_calls or ():
+                        slot = calls.setdefault(
+                            piece.index,
+                            {
+                                "id": "",
+                                "type": "function",
+                                "function": {"name": "", "arguments": ""},
+                            },
+                        )
+                        slot["id"] = piece.id or slot["id"]
+                        if piece.function:
+                            slot["function"]["name"] += piece.function.name or ""
+                            slot["function"]["arguments"] += piece.function.arguments or ""
+                message: dict[str, Any] = {"role": "assistant", "content": content}
+                if calls:
+                    message["tool_calls"] = [calls[i] for i in sorted(calls)]
+            else:
+                completion = await client.chat.completions.create(
+                    model=MODEL,
+                    messages=messages,
+                    tools=tools,
+                    max_tokens=4096,
+                    extra_body=NO_THINKING,
+                )
+                message = completion.choices[0].message.model_dump(exclude_none=True)
+            messages.append(message)
+            if not message.get("tool_calls"):
+                return made
+            for tc in message["tool_calls"]:
+                args = json.loads(tc["function"]["arguments"])
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": tc["id"],
+                        "content": await lookup_impl(args["query"]),
+                    }
+                )
+
+    return run
+
+
+# -- agentloop -----------------------------------------------------------------------------------
+def agentloop(base_url: str, stream: bool) -> Runner:
+    from agentloop import Agent, Budget, KimiModel, tool
+
+    @tool
+    async def lookup(query: str) -> str:
+        """Look up.
+
+        Args:
+            query: what to look up.
+        """
+        return await lookup_impl(query)
+
+    model = KimiModel(
+        api_key=KEY, base_url=base_url, thinking=False, rpm=None, stream=stream, max_tokens=4096
+    )
+    model.retry.max_attempts = 1
+    agent = Agent(model, tools=[lookup], budget=Budget(max_steps=100))
+
+    async def run() -> int:
+        result = await agent.run(TASK)
+        if not result.ok:
+            raise RuntimeError(f"agentloop run ended {result.stop_reason}: {result.error}")
+        return len(result.steps)
+
+    return run
+
+
+# -- openai-agents ---------------------------------------------------------------------------------
+def openai_agents(base_url: str, stream: bool) -> Runner:
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+
+    @function_tool
+    async def lookup(query: str) -> str:
+        """Look up.
+
+        Args:
+            query: what to look up.
+        """
+        return await lookup_impl(query)
+
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    agent = Agent(
+        name="bench",
+        instructions=None,
+        tools=[lookup],
+        model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
+        model_settings=ModelSettings(max_tokens=4096, extra_body=NO_THINKING),
+    )
+
+    async def run() -> int:
+        if stream:
+            result = Runner.run_streamed(agent, TASK, max_turns=100)
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await Runner.run(agent, TASK, max_turns=100)  # type: ignore[assignment]
+        return len(result.raw_responses)
+
+    return run
+
+
+# -- pydantic-ai -----------------------------------------------------------------------------------
+def pydantic_ai(base_url: str, stream: bool) -> Runner:
+    from openai import AsyncOpenAI
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    client = AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
+    model = OpenAIChatModel(MODEL, provider=OpenAIProvider(openai_client=client))
+    agent = Agent(model, model_settings={"max_tokens": 4096, "extra_body": NO_THINKING})
+
+    @agent.tool_plain
+    async def lookup(query: str) -> str:
+        """Look up.
+
+        Args:
+            query: what to look up.
+        """
+        return await lookup_impl(query)
+
+    async def run() -> int:
+        if stream:
+            requests = 0
+            async with agent.run_stream_events(TASK) as events:
+                async for event in events:
+                    result = getattr(event, "result", None)
+                    if result is not None:
+                        requests = result.usage().requests
+            return requests
+        result = await agent.run(TASK)
+        return result.usage().requests
+
+    return run
+
+
+CONTENDERS: dict[str, Callable[[str, bool], Runner]] = {
+    "httpx2 loop (floor)": httpx_floor,
+    "openai SDK loop": openai_sdk,
+    "agentloop": agentloop,
+    "openai-agents": openai_agents,
+    "pydantic-ai": pydantic_ai,
+}
+
+
+async def measure(name: str, base_url: str, options: dict[str, Any]) -> dict[str, Any]:
+    run = CONTENDERS[name](base_url, bool(options.get("stream")))
+    runs = int(options.get("runs", 5))
+    limit = anyio.CapacityLimiter(int(options.get("concurrency", 1)))
+    await run()  # warm-up: imports, connection, first-call caches
+    calls = 0
+
+    async def one() -> None:
+        nonlocal calls
+        async with limit:
+            calls += await run()
+
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall0 = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(runs):
+            group.start_soon(one)
+    wall = time.perf_counter() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "calls": calls,
+        "runs": runs,
+        "rss_mb": cpu1.ru_maxrss / 1024,
+    }
+
+
+if __name__ == "__main__":
+    report = anyio.run(measure, sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+    print(json.dumps(report))
