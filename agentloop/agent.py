@@ -54,6 +54,8 @@ class _State:
     # (prompt + completion tokens the server reported for the last call, history length then):
     # the next prompt's size is that plus an estimate of what was appended since.
     measured: tuple[int, int] | None = None
+    edits: int = 0  # context edits so far (part of the prompt-size memo's key)
+    size_memo: tuple[tuple[object, ...], int] | None = None
 
 
 class RunStream:
@@ -183,10 +185,16 @@ class Agent:
 
     def _prompt_size(self, state: _State) -> int:
         """The next prompt's size: measured by the server where possible, estimated otherwise."""
+        key = (len(state.messages), state.measured, state.edits)
+        if state.size_memo is not None and state.size_memo[0] == key:
+            return state.size_memo[1]
         if state.measured is not None and state.measured[1] <= len(state.messages):
             tokens, count = state.measured
-            return tokens + self.model.estimate_tokens(state.messages[count:])
-        return self.model.estimate_tokens(state.messages, self._specs)
+            size = tokens + self.model.estimate_tokens(state.messages[count:])
+        else:
+            size = self.model.estimate_tokens(state.messages, self._specs)
+        state.size_memo = (key, size)
+        return size
 
     def _line(self) -> int:
         """The most a prompt may hold and still leave room for one full step."""
@@ -558,6 +566,7 @@ class _Window:
         # in place: RunStream users and the result share this list
         self._state.messages[:] = messages
         self._state.measured = None
+        self._state.edits += 1
         self.messages = self._state.messages
         self._tokens = self._agent._prompt_size(self._state)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("long_search",)
+BENCHMARKS = (
+    "step_overhead",
+    "fleet",
+    "rate_limit",
+    "streaming_parse",
+    "validation",
+    "long_search",
+)
 
 
 def main() -> int:

@@ -306,6 +306,20 @@ CONTENDERS: dict[str, Callable[[str, bool], Runner]] = {
 }
 
 
+REQUIRES = {
+    "openai SDK loop": "openai",
+    "openai-agents": "agents",
+    "pydantic-ai": "pydantic_ai",
+}
+
+
+def available() -> list[str]:
+    """The contenders whose libraries are installed (the peers come with the ``bench`` extra)."""
+    from .harness import installed
+
+    return [n for n in CONTENDERS if n not in REQUIRES or installed(REQUIRES[n])]
+
+
 async def measure(name: str, base_url: str, options: dict[str, Any]) -> dict[str, Any]:
     run = CONTENDERS[name](base_url, bool(options.get("stream")))
     runs = int(options.get("runs", 5))

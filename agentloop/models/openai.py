@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from .. import _json
 from ..clock import DEFAULT_CLOCK, Clock
 from ..errors import (
     APIError,
@@ -221,7 +222,7 @@ class OpenAIModel:
             else self.estimate_tokens(request.messages, request.tools)
         )
         body = self.build_body(request, input_estimate)
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = _json.dumps(body)
         reserve = input_estimate + int(body.get("max_tokens") or 0)
         started = self.clock.now()
         attempt = 0
@@ -264,7 +265,7 @@ class OpenAIModel:
             if not self.streaming:
                 raw = await response.read()
                 try:
-                    obj = json.loads(raw)
+                    obj = _json.loads(raw)
                 except ValueError:
                     raise StreamInterruptedError(
                         "the response body is not valid JSON", request_id=request_id

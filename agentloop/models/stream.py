@@ -6,9 +6,9 @@ objects beyond the decoded JSON, and reuses the delta types' slots.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from .. import _json
 from ..errors import StreamInterruptedError, error_from_response
 from ..messages import Usage
 from .base import Delta, FinishDelta, ReasoningDelta, TextDelta, ToolCallDelta, UsageDelta
@@ -56,7 +56,7 @@ class SSEDecoder:
 
 def parse_chunk(payload: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(payload)
+        obj = _json.loads(payload)
     except ValueError as exc:
         snippet = payload[:80].decode(errors="replace")
         raise StreamInterruptedError(f"malformed server-sent event: {snippet!r} ({exc})") from None
