@@ -330,7 +330,8 @@ async def measure(name: str, base_url: str, options: dict[str, Any]) -> dict[str
     async def one() -> None:
         nonlocal calls
         async with limit:
-            calls += await run()
+            made = await run()  # (not `calls += await run()`: that reads `calls` before awaiting)
+            calls += made
 
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
