@@ -65,7 +65,7 @@ class RateLimiter:
         *,
         clock: Clock = DEFAULT_CLOCK,
         window: float = 60.0,
-        margin: float = 1.0,
+        margin: float = 0.5,
     ) -> None:
         if rpm is not None and rpm < 1:
             raise ValueError("rpm must be at least 1")
@@ -81,6 +81,7 @@ class RateLimiter:
         self._charges: list[_Charge] = []
         self._tokens_in_window = 0
         self._admission = anyio.Lock()
+        self._freed = anyio.Event()  # set when a reconcile gives tokens back
         self._slots = anyio.Semaphore(max_concurrency) if max_concurrency else None
         self.admitted = 0
         self.total_wait = 0.0
@@ -126,7 +127,7 @@ class RateLimiter:
         try:
             async with self._admission:  # first come, first served
                 while (wait := self._wait_needed(tokens)) > 0:
-                    await self.clock.sleep(wait)
+                    await self._sleep(wait)
                 now = self.clock.now()
                 bisect.insort(self._requests, now)
                 charge = _Charge(now, tokens)
@@ -141,9 +142,30 @@ class RateLimiter:
         self.total_wait += waited
         return Permit(self, charge, waited)
 
+    async def _sleep(self, wait: float) -> None:
+        """Sleep ``wait``, or less if a finished request gives reserved tokens back (a request
+        reserves its whole max_tokens but is billed what it used; waiting for the reservation
+        to expire would waste most of a TPM limit)."""
+        if self.tpm is None:
+            await self.clock.sleep(wait)
+            return
+        freed = self._freed
+
+        async def wake() -> None:
+            await freed.wait()
+            group.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wake)
+            await self.clock.sleep(wait)
+            group.cancel_scope.cancel()
+
     def _reconcile(self, charge: _Charge, actual: int) -> None:
         if any(c is charge for c in self._charges):  # still inside the window
             self._tokens_in_window += actual - charge.tokens
+        if actual < charge.tokens:
+            self._freed.set()
+            self._freed = anyio.Event()
         charge.tokens = actual
 
     def _touch(self, charge: _Charge) -> None:

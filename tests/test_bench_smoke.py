@@ -1,4 +1,4 @@
-"""Benchmarks must not rot: each runs here in a seconds-long version (no thresholds)."""
+"""Benchmarks must not rot: each runs here in a seconds-long version (no peers, no thresholds)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,63 @@ from pathlib import Path
 
 import pytest
 
-from bench import long_search
+from bench import fleet, long_search, rate_limit, step_overhead, streaming_parse, validation
+
+
+def rows(path: Path) -> object:
+    return json.loads(path.read_text())
 
 
 def test_long_search_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rows.json"
     assert long_search.main(["--pages", "8", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    rows = json.loads(out.read_text())
-    assert {r["strategy"] for r in rows} == set(long_search.strategies())
-    assert all(r["stop_reason"] == "completed" for r in rows)
-    by_name = {r["strategy"]: r for r in rows}
+    data = rows(out)
+    assert isinstance(data, list)
+    assert {r["strategy"] for r in data} == set(long_search.strategies())
+    assert all(r["stop_reason"] == "completed" for r in data)
+    by_name = {r["strategy"]: r for r in data}
     assert by_name["default"]["correct"] and by_name["none"]["correct"]
     # cutting the middle of results loses a fact planted there: the table must show it
     assert not by_name["truncate results at 4K"]["correct"]
     assert "$ vs default" in table and "default" in table
+
+
+def test_step_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    only = ["httpx2 loop (floor)", "agentloop"]
+    assert (
+        step_overhead.main(["--runs", "2", "--repeat", "1", "--only", *only, "--json", str(out)])
+        == 0
+    )
+    data = rows(out)
+    assert isinstance(data, list) and len(data) == 4
+    assert all(r["steps"] == 40 and r["cpu_ms_per_step"] > 0 for r in data)
+    assert "CPU vs floor" in capsys.readouterr().out
+
+
+def test_fleet_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    args = ["--sizes", "20", "--large", "40", "--only", "agentloop", "--json", str(out)]
+    assert fleet.main(args) == 0
+    data = rows(out)
+    assert isinstance(data, list)
+    assert [(r["size"], r["calls"]) for r in data] == [(20, 200), (40, 400)]
+    assert all(r["wall_s"] >= r["ideal_s"] for r in data)
+    assert "requests/s" in capsys.readouterr().out
+
+
+def test_rate_limit_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rate_limit, "FACTOR", 120.0)
+    out = tmp_path / "rows.json"
+    assert rate_limit.main(["--runs", "30", "--json", str(out)]) == 0
+    data = rows(out)
+    assert isinstance(data, list) and len(data) == 3
+    assert all(r["completed"] == 30 and r["requests"] == 60 for r in data)
+
+
+def test_streaming_parse_and_validation_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    assert streaming_parse.main(["--mb", "0.2"]) == 0
+    assert validation.main(["--calls", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "MB/s" in out and "speed-up" in out
