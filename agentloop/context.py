@@ -138,8 +138,29 @@ def stub(message: Message, name: str, arguments: str, tokens: int) -> Message:
 
 
 # -- strategies ------------------------------------------------------------------------------
+class _Strategy:
+    """Defaults for the two hooks: leave results as they come, never edit the history."""
+
+    def shape_result(self, content: str, tool_name: str, arguments: str) -> str:
+        return content
+
+    async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
+        return None
+
+
+def _clear(
+    edited: list[Message], index: int, calls: dict[str, tuple[str, str]], ctx: ContextWindow
+) -> int:
+    """Stub the tool result at ``index`` in place; returns the tokens freed."""
+    message = edited[index]
+    tokens = ctx.estimate([message])
+    name, arguments = calls.get(str(message.get("tool_call_id")), ("the tool", "{}"))
+    edited[index] = stub(message, name, arguments, tokens)
+    return tokens - ctx.estimate([edited[index]])
+
+
 @dataclass
-class TruncateResults:
+class TruncateResults(_Strategy):
     """Cuts a tool result longer than ``max_tokens`` as it arrives, keeping its head and tail
     (``head`` is the head's share) with a note of what was cut. It never touches the history
     afterwards, so it costs no cache."""
@@ -162,12 +183,9 @@ class TruncateResults:
         )
         return content[:keep_head] + note + content[len(content) - keep_tail :]
 
-    async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
-        return None
-
 
 @dataclass
-class ClearToolResults:
+class ClearToolResults(_Strategy):
     """Past ``trigger``, replaces every tool result but the last ``keep`` by a stub naming the
     call that made it. It fires only if that frees at least ``clear_at_least`` (same units as
     ``trigger``), so the history is rewritten rarely and in big pieces; when too little is left
@@ -177,9 +195,6 @@ class ClearToolResults:
     keep: int = 3
     clear_at_least: float = 0.15
     name: str = "clear_tool_results"
-
-    def shape_result(self, content: str, tool_name: str, arguments: str) -> str:
-        return content
 
     async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
         before = ctx.tokens
@@ -194,13 +209,7 @@ class ClearToolResults:
             return None
         calls = _calls_by_id(messages)
         edited = list(messages)
-        freed = 0
-        for index in candidates:
-            message = messages[index]
-            tokens = ctx.estimate([message])
-            name, arguments = calls.get(str(message.get("tool_call_id")), ("the tool", "{}"))
-            edited[index] = stub(message, name, arguments, tokens)
-            freed += tokens - ctx.estimate([edited[index]])
+        freed = sum(_clear(edited, index, calls, ctx) for index in candidates)
         if freed < threshold(self.clear_at_least, ctx):
             return None
         ctx.replace(edited)
@@ -208,7 +217,7 @@ class ClearToolResults:
 
 
 @dataclass
-class Compact:
+class Compact(_Strategy):
     """Past ``trigger``, asks the model to summarise the work so far (one extra call with the
     same tools and prefix, so it is mostly cached input) and replaces everything after the task
     by that summary, keeping the last ``keep_turns`` turns whole. If the history is too long for
@@ -220,9 +229,6 @@ class Compact:
     max_summary_tokens: int = 8_000
     prompt: str = COMPACTION_PROMPT
     name: str = "compact"
-
-    def shape_result(self, content: str, tool_name: str, arguments: str) -> str:
-        return content
 
     async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
         before = ctx.tokens
@@ -256,7 +262,7 @@ class Compact:
 
 
 @dataclass
-class DiscardAll:
+class DiscardAll(_Strategy):
     """Past ``trigger``, restarts from the task plus notes: the visible text the model wrote in
     the dropped turns (and earlier notes), capped at ``max_note_tokens`` (the newest kept).
     Cheapest of all, and forgets whatever the model only saw in tool results or thought."""
@@ -265,9 +271,6 @@ class DiscardAll:
     max_note_tokens: int = 16_000
     name: str = "discard_all"
     notes: Callable[[Sequence[Message]], str] | None = field(default=None, repr=False)
-
-    def shape_result(self, content: str, tool_name: str, arguments: str) -> str:
-        return content
 
     async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
         before = ctx.tokens
@@ -316,10 +319,7 @@ def _fit(messages: list[Message], head: int, ctx: ContextWindow, budget: int) ->
         if size <= budget:
             return fitted
         if _clearable(fitted[index]):
-            old = ctx.estimate([fitted[index]])
-            name, arguments = calls.get(str(fitted[index].get("tool_call_id")), ("the tool", "{}"))
-            fitted[index] = stub(fitted[index], name, arguments, old)
-            size -= old - ctx.estimate([fitted[index]])
+            size -= _clear(fitted, index, calls, ctx)
     spans = turns(fitted[:-1], head)
     while size > budget and spans:
         start, end = spans.pop(0)

@@ -1,4 +1,4 @@
-"""Context management: the strategies' invariants, and whole runs over HTTP against the simulator."""
+"""Context management: strategy invariants, and whole runs over HTTP against the simulator."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentloop import Agent, Budget
+from agentloop import Agent, Budget, Tool, tool
 from agentloop.context import (
     NOTES_MARK,
     STUB_MARK,
@@ -198,6 +198,20 @@ SMALL = Scenario(
 )
 
 
+def archive_search(scenario: Scenario) -> Tool:
+    @tool
+    def search(query: str, page: int) -> str:
+        """Search.
+
+        Args:
+            query: what.
+            page: which page.
+        """
+        return scenario.page_text(page)
+
+    return search
+
+
 async def test_default_finishes_correctly_where_no_management_overflows() -> None:
     none = await run_one("none", list, SMALL)
     default = await run_one("default", default_strategies, SMALL)
@@ -214,19 +228,7 @@ async def test_the_default_falls_back_to_compaction_when_clearing_is_not_enough(
     # big reasoning per step: clearing results alone cannot keep the history under the line
     sim = await sim_factory(policy=ResearchPolicy(pages=40, reasoning_tokens=600))
     scenario = SMALL
-    from agentloop import tool
-
-    @tool
-    def search(query: str, page: int) -> str:
-        """Search.
-
-        Args:
-            query: what.
-            page: which page.
-        """
-        return scenario.page_text(page)
-
-    agent = Agent(kimi(sim), tools=[search], budget=scenario.budget)
+    agent = Agent(kimi(sim), tools=[archive_search(scenario)], budget=scenario.budget)
     stream = agent.stream("report the codes alpha, bravo, charlie and delta")
     edits = [e async for e in stream if isinstance(e, ContextEdited)]
     result = stream.result
@@ -264,18 +266,7 @@ class Recorder:
 
 async def test_prompt_size_is_measured_from_usage(sim_factory: Any) -> None:
     sim = await sim_factory(policy=ResearchPolicy(pages=6))
-    scenario = Scenario(pages=6, min_tokens=100, max_tokens=200)
-    from agentloop import tool
-
-    @tool
-    def search(query: str, page: int) -> str:
-        """Search.
-
-        Args:
-            query: what.
-            page: which page.
-        """
-        return scenario.page_text(page)
+    search = archive_search(Scenario(pages=6, min_tokens=100, max_tokens=200))
 
     recorder = Recorder()
     # an estimator that is 40% low: from step 2 on, the size comes from the server's usage
