@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -8,8 +9,6 @@ import pytest
 
 from agentloop.models import KimiModel
 from agentloop.sim import SimConfig, SimServer
-
-import os
 
 # The project's shared documents sit beside the checkout (../shared); override for odd layouts.
 SHARED = Path(os.environ.get("AGENTLOOP_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -162,8 +162,8 @@ async def test_length_with_no_answer_is_retried_with_more_room(sim_factory: SimF
 
 async def test_continue_and_resume(sim_factory: SimFactory) -> None:
     sim = await sim_factory(strict=True, policy=ToolLoopPolicy(steps=4))
-    agent = Agent(model(sim), tools=[lookup], budget=Budget(max_steps=2,
-                                                            final_answer_on_limit=False))  # fmt: skip
+    budget = Budget(max_steps=2, final_answer_on_limit=False)
+    agent = Agent(model(sim), tools=[lookup], budget=budget)
     stopped = await agent.run("go")
     assert stopped.stop_reason == "max_steps"
     agent.budget = Budget(max_steps=10)

@@ -258,7 +258,7 @@ def test_transcript_round_trip(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_transcript_of_a_real_run_loads_back(tmp_path: Path, sim_factory: Any) -> None:
     server = await sim_factory(policy=ToolLoopPolicy(steps=2))
-    from agentloop.cli import show_run, load_tools
+    from agentloop.cli import load_tools, show_run
 
     sys.path.insert(0, str(tmp_path))
     (tmp_path / "tools_for_transcript.py").write_text(TOOLS_MODULE)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agentloop import KimiModel, tool
-from agentloop.sim import SimConfig, SimServer, ToolLoopPolicy
+from agentloop.sim import SimServer, ToolLoopPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
