@@ -58,6 +58,42 @@ def test_index_and_search_rank_by_bm25_with_snippets(tmp_path: Path) -> None:
     assert len(index.search("the", limit=2)) == 2
 
 
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF showing ``text`` (written by hand: no PDF writer is a dependency)."""
+    stream = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_pdf_documents_are_indexed(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "eggs.pdf").write_bytes(minimal_pdf("The kiwi lays a very large egg"))
+    index = LocalIndex()
+    assert index.add_folder(tmp_path / "docs").added == 1
+    hit = index.search("large egg")[0]
+    assert hit.title == "eggs" and "The kiwi lays a very large egg" in index.open(hit.id)
+
+
 def test_open_pages_through_a_long_document(tmp_path: Path) -> None:
     corpus(tmp_path / "docs")
     index = LocalIndex(tmp_path / "index.db", page_chars=5_000)
@@ -200,6 +236,11 @@ async def pages() -> AsyncIterator[PageServer]:
         "/to-intranet": (301, {"location": "http://intranet.example/admin"}, b""),
         "/loop": (302, {"location": "/loop"}, b""),
         "/missing": (404, {"content-type": "text/plain"}, b"nope"),
+        "/paper.pdf": (
+            200,
+            {"content-type": "application/pdf"},
+            minimal_pdf("Kiwi eggs are one fifth of the body weight"),
+        ),
     }
     async with PageServer(routes) as server:
         yield server
@@ -248,6 +289,7 @@ async def test_fetch_limits_and_content_types(pages: PageServer) -> None:
     with pytest.raises(FetchError, match="only http and https"):
         await fetcher.fetch("file:///etc/passwd")
     assert "flightless" in await fetcher.fetch(pages.url("/to-article"))
+    assert "one fifth of the body weight" in await fetcher.fetch(pages.url("/paper.pdf"))
 
 
 async def test_fetch_connects_to_the_checked_address(pages: PageServer) -> None:
