@@ -54,7 +54,7 @@ class _State:
     # (prompt + completion tokens the server reported for the last call, history length then):
     # the next prompt's size is that plus an estimate of what was appended since.
     measured: tuple[int, int] | None = None
-    edits: int = 0  # context edits so far (part of the prompt-size memo's key)
+    # ((history length, measured), size): cleared by a context edit, which can keep the length
     size_memo: tuple[tuple[object, ...], int] | None = None
 
 
@@ -185,7 +185,7 @@ class Agent:
 
     def _prompt_size(self, state: _State) -> int:
         """The next prompt's size: measured by the server where possible, estimated otherwise."""
-        key = (len(state.messages), state.measured, state.edits)
+        key = (len(state.messages), state.measured)
         if state.size_memo is not None and state.size_memo[0] == key:
             return state.size_memo[1]
         if state.measured is not None and state.measured[1] <= len(state.messages):
@@ -341,7 +341,7 @@ class Agent:
         }.get(limit, limit)
         state.messages.append({"role": "user", "content": FINAL_ANSWER_PROMPT.format(limit=label)})
         wanted = self.budget.per_step_tokens or self.model.default_max_tokens
-        room = self.model.context_window - self.model.estimate_tokens(state.messages)
+        room = self.model.context_window - self._prompt_size(state)
         if room < min(self.model.min_max_tokens, wanted):
             state.messages.pop()
             return
@@ -566,8 +566,7 @@ class _Window:
         # in place: RunStream users and the result share this list
         self._state.messages[:] = messages
         self._state.measured = None
-        self._state.edits += 1
-        self.messages = self._state.messages
+        self._state.size_memo = None
         self._tokens = self._agent._prompt_size(self._state)
 
     async def summarise(self, messages: list[Message], max_tokens: int) -> str:

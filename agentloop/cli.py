@@ -136,15 +136,15 @@ async def show_run(
     view = RunView(budget=agent.budget, show_reasoning=show_reasoning)
     writer = TranscriptWriter(transcript) if transcript else None
     stream = agent.stream(task)
-    live = Live(view.render(), console=console, refresh_per_second=8, transient=False)
+    live = Live(view.render(), console=console, refresh_per_second=8) if mode == "live" else None
     try:
-        if mode == "live":
+        if live is not None:
             live.start()
         async for event in stream:
             if writer:
                 writer.write(event)
             view.feed(event)
-            if mode == "live":
+            if live is not None:
                 live.update(view.render())
             elif mode == "json":
                 print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
@@ -153,7 +153,7 @@ async def show_run(
                 if line:
                     print(line, flush=True)
     finally:
-        if mode == "live":
+        if live is not None:
             live.stop()
         if writer:
             writer.close()

@@ -24,6 +24,7 @@ import httpx2
 
 from agentloop import Tool, tool
 
+from .extract import extract_html, extract_pdf
 from .local_search import page_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -179,8 +180,6 @@ class Fetcher:
                 truncated = True
                 break
         data = b"".join(chunks)[: self.max_bytes]
-        from .extract import extract_html, extract_pdf
-
         if content_type == "application/pdf" or data.startswith(b"%PDF-"):
             if truncated:
                 raise FetchError(f"{url}: the PDF is larger than {self.max_bytes:,} bytes")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from agentloop import Tool, tool
 
+from .extract import extract_html, extract_pdf
+
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text", ".py"}
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 PDF_SUFFIXES = {".pdf"}
@@ -235,14 +237,10 @@ def read_document(file: Path) -> tuple[str, str]:
     """(title, text) of one file."""
     suffix = file.suffix.lower()
     if suffix in HTML_SUFFIXES:
-        from .extract import extract_html
-
         raw = file.read_bytes().decode("utf-8", errors="replace")
         title, text = extract_html(raw)
         return title or file.stem, text
     if suffix in PDF_SUFFIXES:
-        from .extract import extract_pdf
-
         title, text = extract_pdf(file.read_bytes())
         return title or file.stem, text
     text = file.read_text(encoding="utf-8")

@@ -116,28 +116,21 @@ class Httpx2Transport:
         client = self._clients[shard]
         self._in_flight[shard] += 1
         try:
-            async with self._send(client, url, headers, body) as response:
-                yield response
+            request = client.build_request("POST", url, headers=headers, content=body)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx2.TransportError as exc:
+                # The message names the host, never the request headers (the key lives there).
+                raise APIConnectionError(
+                    f"could not reach {request.url.host}:{request.url.port} "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+            try:
+                yield _Httpx2Response(response)
+            finally:
+                await response.aclose()
         finally:
             self._in_flight[shard] -= 1
-
-    @asynccontextmanager
-    async def _send(
-        self, client: httpx2.AsyncClient, url: str, headers: Mapping[str, str], body: bytes
-    ) -> AsyncIterator[RawResponse]:
-        request = client.build_request("POST", url, headers=headers, content=body)
-        try:
-            response = await client.send(request, stream=True)
-        except httpx2.TransportError as exc:
-            # Note: the message names the host, never the request headers (the key lives there).
-            raise APIConnectionError(
-                f"could not reach {request.url.host}:{request.url.port} "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        try:
-            yield _Httpx2Response(response)
-        finally:
-            await response.aclose()
 
     async def aclose(self) -> None:
         for client in self._clients:
