@@ -9,13 +9,23 @@ Names users see:
   only make sense that way). Context management keeps a long run under it.
 - ``max_billed_tokens``: the sum of input + output tokens billed over all steps.
 - ``max_cost_usd``, ``max_steps``, ``deadline_s``.
+
+Every limit is checked *before* a call, against that call's worst case (``room_for``): no
+request is sent that could take the trajectory past ``total_tokens``, the billed sum past
+``max_billed_tokens`` or the spend past ``max_cost_usd``, whatever the model then does.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .pricing import RateCard
+    from .result import StopReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +100,152 @@ PRESETS: dict[str, Budget] = {
     },
     "terminal-bench": Budget(max_steps=None, per_step_tokens=256 * K, total_tokens=None),
 }
+
+
+# -- the room each call gets -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What the run has used so far, as the budgets count it."""
+
+    billed_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """Output tokens the limits leave for one call, given its prompt: ``window`` is what the
+    model's context window leaves, ``budget`` what the run's budgets leave (``total_tokens``,
+    ``max_billed_tokens``, ``max_cost_usd``; None when none is set); ``binding`` names the
+    tightest limit."""
+
+    window: int
+    budget: int | None
+    binding: str
+
+    @property
+    def tokens(self) -> int:
+        return self.window if self.budget is None else min(self.window, self.budget)
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """The ``max_tokens`` of a call, or None when it may not be sent; ``room`` says why."""
+
+    max_tokens: int | None
+    room: Room
+
+    @property
+    def stop(self) -> StopReason:
+        return "cost_budget" if self.room.binding == "max_cost_usd" else "token_budget"
+
+
+CallKind = Literal["step", "final", "extra"]
+
+
+def room_for(
+    budget: Budget,
+    *,
+    prompt: int,
+    context_window: int,
+    spent: Spent = Spent(),
+    rate_card: RateCard | None = None,
+    cached_prefix: int = 0,
+) -> Room:
+    """The worst case of one call is its whole prompt plus its whole ``max_tokens``: that much
+    joins the trajectory and is billed, and is paid for with the output priced in full. The
+    prompt is priced uncached except ``cached_prefix``, the prefix the previous call reported
+    as cached."""
+    window = context_window - prompt
+    room, name = _budget_room(budget, prompt, spent, rate_card, cached_prefix)
+    binding = name if room is not None and room < window else "context_window"
+    return Room(window, room, binding)
+
+
+def _budget_room(
+    budget: Budget, prompt: int, spent: Spent, rate_card: RateCard | None, cached_prefix: int
+) -> tuple[int | None, str]:
+    rooms: list[tuple[int, str]] = []
+    if budget.total_tokens is not None:
+        rooms.append((budget.total_tokens - prompt, "total_tokens"))
+    if budget.max_billed_tokens is not None:
+        left = budget.max_billed_tokens - spent.billed_tokens - prompt
+        rooms.append((left, "max_billed_tokens"))
+    if budget.max_cost_usd is not None and rate_card is not None:
+        dollars = budget.max_cost_usd - spent.cost_usd
+        dollars -= prompt_cost(rate_card, prompt, cached_prefix)
+        if rate_card.output_per_m > 0:
+            # a hair under the exact quotient, so float rounding never lands a token over
+            tokens = math.floor(dollars * 1_000_000 / rate_card.output_per_m * (1 - 1e-12))
+            rooms.append((tokens, "max_cost_usd"))
+        elif dollars < 0:
+            rooms.append((-1, "max_cost_usd"))
+    if not rooms:
+        return None, ""
+    return min(rooms)
+
+
+def prompt_cost(rate_card: RateCard, prompt: int, cached_prefix: int) -> float:
+    cached = max(0, min(cached_prefix, prompt))
+    return (
+        (prompt - cached) * rate_card.input_per_m + cached * rate_card.cached_input_per_m
+    ) / 1_000_000
+
+
+def fit_call(
+    budget: Budget,
+    kind: CallKind,
+    *,
+    prompt: int,
+    wanted: int,
+    floor: int,
+    context_window: int,
+    spent: Spent = Spent(),
+    rate_card: RateCard | None = None,
+    cached_prefix: int = 0,
+) -> Fit:
+    """The ``max_tokens`` of the next call within every limit; the one place that decides it.
+
+    Every call asks for at least ``floor`` (Kimi gives a thinking call 16,000 tokens whatever
+    it asks for). The model's window may shrink any call down to the floor, as every chat
+    client clamps ``max_tokens``. The budgets treat calls by ``kind``:
+
+    - ``"step"``: an ordinary step is sent only with its whole ``wanted`` budget, and (when the
+      run ends limits with a final answer, ``final_answer_on_limit``) only if, after its worst
+      case, a final answer at the floor would still fit: so the step the budgets stop is
+      followed by an answer, not by nothing.
+    - ``"final"`` and ``"extra"`` (the final answer; a length or empty-answer retry, a
+      summary): shrink to what the budgets leave, down to the floor.
+    """
+    wanted = max(wanted, floor)
+    room = room_for(
+        budget,
+        prompt=prompt,
+        context_window=context_window,
+        spent=spent,
+        rate_card=rate_card,
+        cached_prefix=cached_prefix,
+    )
+    if kind == "step" and room.budget is not None:
+        if room.budget < wanted:
+            return Fit(None, room)
+        if budget.final_answer_on_limit:
+            tokens = min(wanted, room.window)
+            worst = prompt_cost(rate_card, prompt, cached_prefix) if rate_card else 0.0
+            if rate_card is not None:
+                worst += tokens * rate_card.output_per_m / 1_000_000
+            after = Spent(spent.billed_tokens + prompt + tokens, spent.cost_usd + worst)
+            final, name = _budget_room(budget, prompt + tokens, after, rate_card, cached_prefix)
+            if final is not None and final < floor:
+                return Fit(None, Room(room.window, final, name))
+    tokens = min(wanted, room.tokens)
+    return Fit(tokens if tokens >= floor else None, room)
+
+
+def context_line(budget: Budget, *, context_window: int, step_tokens: int, floor: int) -> int:
+    """The most a prompt may hold before context management must act: room for one full step
+    in the window, and in ``total_tokens`` room for a final answer after it too."""
+    line = context_window - step_tokens
+    if budget.total_tokens is not None:
+        reserve = floor if budget.final_answer_on_limit else 0
+        line = min(line, budget.total_tokens - step_tokens - reserve)
+    return line

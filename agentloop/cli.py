@@ -69,6 +69,8 @@ EXIT_CODES = {
     "deadline": 3,
     "loop_detected": 3,
     "reasoning_exhausted": 3,
+    "empty_answer": 4,
+    "refused": 4,
     "cancelled": 130,
 }
 

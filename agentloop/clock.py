@@ -8,6 +8,7 @@ import time
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 
 
 class Clock(Protocol):
@@ -64,7 +65,7 @@ class ManualClock:
         seconds = max(0.0, seconds)
         self.sleeps.append(seconds)
         self._now += seconds
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
 
 DEFAULT_CLOCK: Clock = MonotonicClock()

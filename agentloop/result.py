@@ -17,6 +17,8 @@ StopReason = Literal[
     "error",
     "loop_detected",
     "reasoning_exhausted",
+    "empty_answer",
+    "refused",
 ]
 
 
@@ -52,6 +54,8 @@ class RunResult:
     usage: Usage
     cost_usd: float
     error: str | None = None
+    # why the run stopped where it did, in words (the limit and what it left, a skipped answer)
+    detail: str | None = None
 
     @property
     def ok(self) -> bool:

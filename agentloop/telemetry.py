@@ -20,7 +20,7 @@ _tracer = trace.get_tracer("agentloop")
 
 
 class Telemetry:
-    def __init__(self, model: str, provider: str = "moonshot") -> None:
+    def __init__(self, model: str, provider: str) -> None:
         self.model = model
         self.provider = provider
 
@@ -54,6 +54,8 @@ class RunRecorder:
         self._tools: dict[str, Span] = {}
 
     def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ReasoningDelta | ev.TextDelta):
+            return  # the hot path: deltas make no spans
         t = self.telemetry
         common = {
             "gen_ai.system": t.provider,

@@ -6,14 +6,22 @@ false`` and every parameter without a default is required. Arguments are validat
 jsonschema validator compiled once per tool, then converted to the annotated Python types by a
 pydantic model built once per tool, before the function runs. Every failure becomes a
 ``ToolOutcome`` with a message the model can act on.
+
+A ``Toolbox`` holds an agent's tools and runs the tool calls of one step: concurrently, each
+within its ``timeout_s``. A sync function runs in a worker thread; when its call times out or the
+run stops, the thread is abandoned (Python cannot stop a thread) and ``stop_requested()`` turns
+true inside it, so a long-running function can check it and return early.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import json
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints, overload
 
@@ -22,7 +30,7 @@ import pydantic
 from jsonschema import Draft202012Validator
 
 from .errors import ConfigurationError
-from .models.base import ToolSpec
+from .models.base import AnyTool, BuiltinTool, ToolSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +113,21 @@ class ToolOutcome:
     content: str
     ok: bool
     error: str | None = None  # "invalid_json", "invalid_arguments", "unknown_tool", "timeout",
-    # "exception", "retry_limit"
+    # "exception", "retry_limit", "interrupted"
+    duration_s: float = 0.0
+
+
+# Set inside a sync tool's worker thread (anyio copies the context into it); see stop_requested.
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "agentloop_tool_stop", default=None
+)
+
+
+def stop_requested() -> bool:
+    """True inside a sync tool whose call has timed out or whose run has stopped: its result
+    will not be used, so it should return as soon as it can."""
+    event = _STOP.get()
+    return event is not None and event.is_set()
 
 
 class Tool:
@@ -205,7 +227,16 @@ class Tool:
             kwargs = {k: getattr(model, k) for k in type(model).model_fields}
         if self._is_async:
             return await self.fn(**kwargs)
-        return await anyio.to_thread.run_sync(lambda: self.fn(**kwargs))
+        stop = threading.Event()
+        token = _STOP.set(stop)
+        try:
+            # abandon_on_cancel: a timeout or a stopped run returns at once, without the thread
+            return await anyio.to_thread.run_sync(
+                lambda: self.fn(**kwargs), abandon_on_cancel=True
+            )
+        finally:
+            stop.set()
+            _STOP.reset(token)
 
 
 def _build(
@@ -265,6 +296,95 @@ def tool(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     return wrap
 
 
+class Toolbox:
+    """An agent's tools, by name, and the running of one step's tool calls."""
+
+    def __init__(
+        self,
+        items: Sequence[Tool | BuiltinTool | Callable[..., Any]],
+        *,
+        max_result_chars: int = 40_000,
+    ) -> None:
+        self.tools: dict[str, Tool] = {}
+        self.builtins: dict[str, BuiltinTool] = {}
+        for item in items:
+            if isinstance(item, BuiltinTool):  # run by the provider, e.g. Kimi's $web_search
+                self.builtins[item.name] = item
+                continue
+            t = item if isinstance(item, Tool) else tool(item)
+            if t.name in self.tools:
+                raise ConfigurationError(f"two tools are named {t.name!r}")
+            self.tools[t.name] = t
+        self.max_result_chars = max_result_chars
+        self.specs: list[AnyTool] = [t.spec for t in self.tools.values()]
+        self.specs.extend(self.builtins.values())
+
+    async def run(
+        self, calls: Sequence[dict[str, Any]], failures: dict[str, int]
+    ) -> list[ToolOutcome]:
+        """Run a step's calls concurrently; one outcome per call, in call order. ``failures``
+        counts each tool's failures in a row across the run."""
+        outcomes = [ToolOutcome("", False, "interrupted")] * len(calls)
+
+        async def run_one(index: int) -> None:
+            started = time.monotonic()
+            outcome = await self._execute(calls[index], failures)
+            outcome.duration_s = time.monotonic() - started
+            outcomes[index] = outcome
+
+        if len(calls) == 1:
+            await run_one(0)  # no task group for the common single call
+        else:
+            async with anyio.create_task_group() as group:
+                for index in range(len(calls)):
+                    group.start_soon(run_one, index)
+        return outcomes
+
+    async def _execute(self, call: dict[str, Any], failures: dict[str, int]) -> ToolOutcome:
+        fn = call["function"]
+        name = fn["name"]
+        builtin = self.builtins.get(name)
+        if builtin is not None:
+            return ToolOutcome(builtin.answer(fn["arguments"]), True)
+        target = self.tools.get(name)
+        if target is None:
+            known = ", ".join([*self.tools, *self.builtins]) or "none"
+            return ToolOutcome(
+                f"Error: there is no tool named {name!r}. Available tools: {known}.",
+                False,
+                "unknown_tool",
+            )
+        if failures.get(name, 0) >= target.max_failures:
+            return ToolOutcome(
+                f"Error: {name} has failed {target.max_failures} times in a row; do "
+                "not call it again — continue without it.",
+                False,
+                "retry_limit",
+            )
+        outcome = await self._invoke(target, fn["arguments"])
+        failures[name] = 0 if outcome.ok else failures.get(name, 0) + 1
+        return outcome
+
+    async def _invoke(self, target: Tool, raw_arguments: str) -> ToolOutcome:
+        arguments, problem = target.parse(raw_arguments)
+        if problem is not None:
+            return problem
+        assert arguments is not None
+        try:
+            with anyio.fail_after(target.timeout_s):
+                value = await target.invoke(arguments)
+        except TimeoutError:
+            return ToolOutcome(
+                f"Error: {target.name} timed out after {target.timeout_s:g}s.", False, "timeout"
+            )
+        except Exception as exc:  # a tool's own failure goes back to the model
+            return ToolOutcome(
+                f"Error: {target.name} raised {type(exc).__name__}: {exc}", False, "exception"
+            )
+        limit = target.max_result_chars or self.max_result_chars
+        return ToolOutcome(render_result(value, limit), True)
+
+
 def render_result(value: Any, limit: int | None) -> str:
     """A tool's return value as message text, cut to ``limit`` characters with a note."""
     if isinstance(value, str):
@@ -282,4 +402,12 @@ def render_result(value: Any, limit: int | None) -> str:
     return text
 
 
-__all__ = ["Tool", "ToolOutcome", "parse_docstring", "render_result", "tool"]
+__all__ = [
+    "Tool",
+    "ToolOutcome",
+    "Toolbox",
+    "parse_docstring",
+    "render_result",
+    "stop_requested",
+    "tool",
+]

@@ -71,6 +71,7 @@ def result_to_dict(result: RunResult) -> dict[str, Any]:
         "usage": usage_to_dict(result.usage),
         "cost_usd": result.cost_usd,
         "error": result.error,
+        "detail": result.detail,
     }
 
 
@@ -112,6 +113,7 @@ def result_from_dict(data: dict[str, Any]) -> RunResult:
         usage=usage_from_dict(data["usage"]),
         cost_usd=data["cost_usd"],
         error=data.get("error"),
+        detail=data.get("detail"),
     )
 
 

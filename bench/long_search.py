@@ -17,13 +17,18 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import anyio
 
 from agentloop import Agent, Budget, KimiModel, tool
-from agentloop.context import ClearToolResults, Compact, ContextStrategy, DiscardAll
-from agentloop.context import TruncateResults, default_strategies
+from agentloop.context import (
+    ClearToolResults,
+    Compact,
+    ContextStrategy,
+    DiscardAll,
+    TruncateResults,
+    default_strategies,
+)
 from agentloop.sim import ResearchPolicy, SimConfig, SimServer
 
 WORDS = (

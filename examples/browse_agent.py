@@ -14,10 +14,10 @@ import os
 from contextlib import AsyncExitStack
 
 import anyio
+from agentloop_tools.stdlib_docs import stdlib_index
 
 from agentloop import Agent, Budget, KimiModel, RunResult, events
 from agentloop.sim import BrowsePolicy, SimConfig, SimServer
-from agentloop_tools.stdlib_docs import stdlib_index
 
 INSTRUCTIONS = (
     "You answer questions about Python's standard library from its documentation. Use search "

@@ -144,7 +144,9 @@ class Fetcher:
                 headers = {
                     "Host": current.netloc.decode("ascii"),
                     "User-Agent": self.user_agent,
-                    "Accept": "text/html,application/xhtml+xml,text/plain,application/pdf;q=0.9,*/*;q=0.5",
+                    "Accept": (
+                        "text/html,application/xhtml+xml,text/plain,application/pdf;q=0.9,*/*;q=0.5"
+                    ),
                 }
                 extensions = {"sni_hostname": current.host} if current.scheme == "https" else {}
                 request = client.build_request(

@@ -132,7 +132,8 @@ class LocalIndex:
         self, key: str, title: str, body: str, mtime_ns: int, size: int, doc_id: int | None
     ) -> int:
         cursor = self._db.execute(
-            "INSERT INTO documents (id, path, title, mtime_ns, size, body) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents (id, path, title, mtime_ns, size, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (doc_id, key, title, mtime_ns, size, body),
         )
         new_id = int(cursor.lastrowid or 0)
@@ -149,7 +150,8 @@ class LocalIndex:
             return
         # external-content FTS5 tables are told what to forget with the special 'delete' row
         self._db.execute(
-            "INSERT INTO documents_fts (documents_fts, rowid, title, body) VALUES ('delete', ?, ?, ?)",
+            "INSERT INTO documents_fts (documents_fts, rowid, title, body) "
+            "VALUES ('delete', ?, ?, ?)",
             (doc_id, row[0], row[1]),
         )
         self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))

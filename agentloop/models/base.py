@@ -8,7 +8,7 @@ assistant message in wire form, ready to append to the history verbatim.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -32,6 +32,11 @@ class BuiltinTool:
     """A tool the provider runs itself, e.g. Kimi's ``$web_search``."""
 
     name: str
+
+    def answer(self, arguments: str) -> str:
+        """The tool message that completes the call. Kimi runs its builtin functions on its
+        side and expects the call's arguments back unchanged as the result."""
+        return arguments
 
 
 AnyTool = ToolSpec | BuiltinTool
@@ -140,12 +145,13 @@ class Model(Protocol):
     """What the agent loop needs of a model client."""
 
     name: str
+    provider: str  # the gen_ai.provider.name of telemetry, e.g. "moonshot"
     context_window: int
     default_max_tokens: int
     min_max_tokens: int
     rate_card: RateCard | None
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[Delta]: ...
+    def stream(self, request: ModelRequest) -> AsyncGenerator[Delta, None]: ...
 
     def estimate_tokens(
         self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()

@@ -53,6 +53,7 @@ class KimiModel(OpenAIModel):
     """The Kimi chat-completions client. Defaults come from ``MOONSHOT_API_KEY`` and
     ``MOONSHOT_BASE_URL`` (else the international endpoint)."""
 
+    provider = "moonshot"
     api_key_env = "MOONSHOT_API_KEY"
     base_url_env = "MOONSHOT_BASE_URL"
     default_base_url = INTERNATIONAL

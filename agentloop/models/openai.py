@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from .. import _json
@@ -66,6 +66,7 @@ def estimate_message_tokens(message: Message) -> int:
 class OpenAIModel:
     """Chat completions over HTTP for any OpenAI-compatible server, without Kimi's rules."""
 
+    provider = "openai"
     api_key_env = "OPENAI_API_KEY"
     base_url_env = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
@@ -214,7 +215,7 @@ class OpenAIModel:
         return total
 
     # -- the call --------------------------------------------------------------------------
-    async def stream(self, request: ModelRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[Delta, None]:
         """Stream one model call as deltas, retrying retryable failures (see ``RetryDelta``)."""
         input_estimate = (
             request.input_tokens
@@ -261,7 +262,10 @@ class OpenAIModel:
             if response.status != 200:
                 raw = await response.read()
                 raise self._error(response.status, raw, request_id, response.headers)
-            yield ResponseStarted(request_id, attempt, waited)
+            # The yields below sit inside the transport's `async with`, which holds no cancel
+            # scope; every caller closes this generator (contextlib.aclosing), so the response
+            # is released when the consumer stops, not when the generator is collected.
+            yield ResponseStarted(request_id, attempt, waited)  # noqa: ASYNC119
             if not self.streaming:
                 raw = await response.read()
                 try:
@@ -271,7 +275,7 @@ class OpenAIModel:
                         "the response body is not valid JSON", request_id=request_id
                     ) from None
                 for delta in message_deltas(obj):
-                    yield delta
+                    yield delta  # noqa: ASYNC119
                 return
             decoder = SSEDecoder()
             done = False
@@ -290,7 +294,7 @@ class OpenAIModel:
                     for delta in out:
                         if isinstance(delta, FinishDelta):
                             finished = True
-                        yield delta
+                        yield delta  # noqa: ASYNC119
                     out.clear()
                 if done:
                     # Read the body to its end (normally just the last empty chunk) so the

@@ -25,6 +25,9 @@ class Turn:
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     reasoning_tokens: int | None = None
+    # a finish_reason to report instead of the natural one (e.g. "tool_calls" with no calls,
+    # which Kimi endpoints send under load, or "content_filter")
+    finish: str | None = None
 
 
 @dataclass(slots=True)
@@ -34,6 +37,11 @@ class PolicyContext:
     thinking: bool
     max_tokens: int
     request_number: int
+    tool_choice: Any = None
+
+    @property
+    def may_call_tools(self) -> bool:
+        return bool(self.tool_choice != "none")
 
     @property
     def step(self) -> int:
@@ -53,6 +61,9 @@ class PolicyContext:
         return [str(m.get("content", "")) for m in self.messages if m.get("role") == "tool"]
 
     def function_names(self) -> list[str]:
+        """The functions the model may call now (none under ``tool_choice: "none"``)."""
+        if not self.may_call_tools:
+            return []
         return [
             t["function"]["name"]
             for t in self.tools

@@ -113,6 +113,9 @@ class SimConfig:
     # Soft rules (reported by third parties): reject assistant messages without
     # reasoning_content even when they carry no tool calls.
     strict: bool = False
+    # tool_choice "none" removes tool calls from the answer, as the real API does; False
+    # imitates a model that calls tools anyway
+    honour_tool_choice: bool = True
     usage_placement: str = "alternate"  # "top", "choice" or "alternate" (streamed usage)
     chunk_chars: int = 24
     latency: float = 0.0  # seconds before the first byte (on the clock)
@@ -131,6 +134,9 @@ class SimStats:
     max_in_flight: int = 0
     connections: int = 0  # TCP connections accepted (a client that pools reuses a few)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # beside each body: the usage its completion reported (or would have, for a cut stream);
+    # None for a request refused before it was generated
+    usages: list[dict[str, int] | None] = field(default_factory=list)
     keep_bodies: bool = True
 
 
@@ -195,6 +201,11 @@ class SimServer:
         await self._server.serve_forever()
 
     # -- HTTP --------------------------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """TCP connections a client holds open right now (pooled idle ones included)."""
+        return len(self._connections)
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -539,8 +550,10 @@ class SimServer:
     async def _chat(self, key: str, body: bytes, writer: asyncio.StreamWriter, trace: str) -> bool:
         cfg = self.config
         req = self._parse_body(body)
+        index = len(self.stats.bodies)
         if self.stats.keep_bodies:
             self.stats.bodies.append(req)
+            self.stats.usages.append(None)
         window = self._check_model(req.get("model"))
         account = self._accounts.setdefault(key, _Account())
         self.stats.completions += 1
@@ -606,11 +619,15 @@ class SimServer:
                 thinking,
                 max_tokens,
                 self.stats.completions,
+                req.get("tool_choice"),
             )
             turn = cfg.policy(ctx)
             if not thinking:
-                turn = Turn(reasoning="", content=turn.content, tool_calls=turn.tool_calls)
+                turn = Turn("", turn.content, turn.tool_calls, finish=turn.finish)
+            if not ctx.may_call_tools and cfg.honour_tool_choice:
+                turn = Turn(turn.reasoning, turn.content, [], turn.reasoning_tokens, turn.finish)
             message, finish, completion = self._apply_budget(turn, max_tokens, req)
+            finish = turn.finish or finish
             if fault == "truncargs" and message.get("tool_calls"):
                 args = message["tool_calls"][0]["function"]["arguments"]
                 message["tool_calls"][0]["function"]["arguments"] = args[: max(1, len(args) // 2)]
@@ -625,6 +642,8 @@ class SimServer:
                 "total_tokens": prompt_tokens + completion,
                 "cached_tokens": cached,
             }
+            if self.stats.keep_bodies:
+                self.stats.usages[index] = usage
             delay = (cfg.faults.slow_seconds if fault == "slow" else 0.0) + cfg.latency
             if delay:
                 await cfg.clock.sleep(delay)

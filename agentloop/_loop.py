@@ -1,0 +1,567 @@
+"""One run of an agent: the step loop, its limits and its single ending.
+
+The run is a coroutine that reports what happens through ``emit``. ``Agent.run`` calls it
+directly; ``Agent.stream`` runs it in a task that hands each event to the consumer. The
+deadline and ``cancel()`` are one cancel scope around the loop's own work, and ``emit`` is
+shielded from it, so a stop only ever interrupts a model call, a tool or a wait, never the
+consumer, which receives every event through ``RunFinished``.
+
+Each step: context strategies edit the history; the step's worst case is fitted to the limits
+(``budget.room_for``); one model call is streamed (retried in the step when it came back empty,
+cut short by the budget or with a ``tool_calls`` finish but no calls); its outcome decides the
+rest. Whatever ends a run, every tool call in the history is answered once before the result is
+built, so ``history=result.messages`` is always a valid next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from . import events as ev
+from .budget import CallKind, Spent, context_line, fit_call
+from .errors import AgentloopError
+from .messages import Message, Usage
+from .models.base import (
+    Assembler,
+    ModelRequest,
+    ModelResponse,
+    ReasoningDelta,
+    ResponseStarted,
+    RetryDelta,
+    TextDelta,
+)
+from .result import RunResult, StepRecord, StopReason, ToolCallRecord
+from .tools import ToolOutcome
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("agentloop")
+
+Emit = Callable[[ev.Event], Awaitable[None]]
+
+FINAL_ANSWER_PROMPT = (
+    "You have reached the run's {limit}. Do not call any more tools. Give your best final answer "
+    "now, from what you have found so far."
+)
+LIMIT_LABELS = {
+    "max_steps": "step limit",
+    "token_budget": "token budget",
+    "cost_budget": "cost budget",
+    "loop_detected": "repeat limit (the same tool call kept repeating)",
+}
+# A measured prompt covers the last call's prompt and completion; the assistant message adds a
+# few tokens of framing when it is sent back.
+MESSAGE_FRAMING = 8
+
+Kind = Literal["answer", "tools", "reasoning_exhausted", "empty", "refused", "glitch"]
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What one step's model call came to."""
+
+    kind: Kind
+    response: ModelResponse
+
+
+@dataclass(slots=True)
+class Ending:
+    stop: StopReason
+    detail: str = ""
+    error: str | None = None
+    final_answer: bool = False  # ask the model once more, without tools, for its best answer
+
+
+class Control:
+    """The stop switch a ``RunStream`` shares with its run."""
+
+    __slots__ = ("cancelled", "scope")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.scope: anyio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class _BudgetStop(Exception):
+    """A retry inside a step no longer fits the limits: stop before sending it."""
+
+    def __init__(self, ending: Ending) -> None:
+        self.ending = ending
+
+
+@dataclass(slots=True)
+class _State:
+    messages: list[Message]
+    steps: list[StepRecord] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    # tokens assumed billed for attempts that broke mid-stream without reporting usage
+    assumed_tokens: int = 0
+    assumed_cost: float = 0.0
+    output: str = ""
+    repeats: dict[tuple[str, str], int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    # (prompt + completion tokens the server reported for the last call, history length then):
+    # the next prompt's size is that plus an estimate of what was appended since.
+    measured: tuple[int, int] | None = None
+    cached_prefix: int = 0  # what the last call reported cached, while the history is unedited
+    size_memo: tuple[tuple[object, ...], int] | None = None
+    # the step whose tool calls are running, and those calls (answered if the run stops)
+    open_calls: tuple[StepRecord, list[dict[str, Any]]] | None = None
+
+
+class Run:
+    def __init__(self, agent: Agent, messages: list[Message], emit: Emit, control: Control):
+        self.agent = agent
+        self.model = agent.model
+        self.budget = agent.budget
+        self.clock = agent.clock
+        self.state = _State(messages)
+        self.emit = emit
+        self.control = control
+        self._finals_allowed = agent.budget.final_answer_on_limit
+        self.deadline = (
+            anyio.current_time() + agent.budget.deadline_s
+            if agent.budget.deadline_s is not None
+            else math.inf
+        )
+
+    # -- the run -----------------------------------------------------------------------------
+    async def drive(self, task: str) -> RunResult:
+        await self.emit(ev.RunStarted(task, self.model.name))
+        ending = await self._guarded(self._loop)
+        if ending.stop not in ("completed", "cancelled", "error"):
+            await self.emit(ev.LimitHit(ending.stop, ending.detail))
+        if ending.final_answer and self._finals_allowed:
+            after = await self._guarded(lambda: self._final_answer(ending))
+            if after.stop in ("cancelled", "deadline", "error"):
+                ending = replace(after, stop=ending.stop if after.stop == "error" else after.stop)
+            elif after.detail:
+                ending.detail = f"{ending.detail}; {after.detail}"
+        await self._answer_open_calls(ending)
+        s = self.state
+        result = RunResult(
+            s.output,
+            ending.stop,
+            s.messages,
+            s.steps,
+            s.usage,
+            s.cost,
+            ending.error,
+            ending.detail or None,
+        )
+        await self.emit(ev.RunFinished(result))
+        return result
+
+    async def _guarded(self, work: Callable[[], Awaitable[Ending]]) -> Ending:
+        """Run ``work`` under the deadline and ``cancel()``; any failure becomes an ending."""
+        with anyio.CancelScope(deadline=self.deadline) as scope:
+            self.control.scope = scope
+            if self.control.cancelled:
+                scope.cancel()
+            try:
+                return await work()
+            except _BudgetStop as stop:
+                return stop.ending
+            except AgentloopError as exc:
+                return Ending("error", error=str(exc))
+            except Exception as exc:  # a bug in a strategy or a model client: keep the work
+                log.exception("agentloop: the run failed unexpectedly")
+                return Ending("error", error=f"unexpected {type(exc).__name__}: {exc}")
+            finally:
+                self.control.scope = None
+        if self.control.cancelled:
+            return Ending("cancelled", "cancelled by the caller")
+        return Ending("deadline", f"{self.budget.deadline_s:g}s deadline")
+
+    async def _loop(self) -> Ending:
+        max_steps = self.budget.max_steps
+        while True:
+            number = len(self.state.steps) + 1
+            if max_steps is not None and number > max_steps:
+                return Ending("max_steps", f"{max_steps} steps")
+            if self.agent.context:
+                await self._manage(number)
+            if number == max_steps and self.agent.toolbox.specs and self._finals_allowed:
+                # the last call allowed: make it the final answer rather than more tool calls
+                return Ending("max_steps", f"{max_steps} steps", final_answer=True)
+            max_tokens, ending = self._fit("step", self._prompt_size())
+            if max_tokens is None:
+                return ending
+            outcome = await self._step(number, max_tokens)
+            if outcome.kind != "tools":
+                return self._end_of(outcome)
+            if self._looping():
+                return Ending("loop_detected", "the same tool call kept repeating", None, True)
+
+    def _end_of(self, outcome: StepOutcome) -> Ending:
+        if outcome.kind == "answer":
+            self.state.output = outcome.response.text
+            return Ending("completed")
+        if outcome.kind == "reasoning_exhausted":
+            return Ending("reasoning_exhausted", "the reasoning used the whole step budget twice")
+        if outcome.kind == "refused":
+            return Ending("refused", "the model's output was stopped by the content filter")
+        return Ending("empty_answer", "the model answered with nothing, twice")
+
+    # -- limits ------------------------------------------------------------------------------
+    def _fit(
+        self, kind: CallKind, prompt: int, wanted: int | None = None
+    ) -> tuple[int | None, Ending]:
+        """This call's max_tokens (``budget.fit_call``), or None and the ending it causes."""
+        s = self.state
+        floor = self.model.min_max_tokens
+        fit = fit_call(
+            self.budget,
+            kind,
+            prompt=prompt,
+            wanted=wanted or self.agent.step_tokens,
+            floor=floor,
+            context_window=self.model.context_window,
+            spent=Spent(s.usage.total_tokens + s.assumed_tokens, s.cost + s.assumed_cost),
+            rate_card=self.agent.rate_card,
+            cached_prefix=s.cached_prefix,
+        )
+        room = fit.room
+        leaves = f"{room.binding} leaves {max(room.tokens, 0):,} output tokens"
+        if kind == "step":
+            detail = f"{leaves} after a {prompt:,}-token prompt, too few for a full step"
+        else:
+            detail = f"{leaves} after a {prompt:,}-token prompt (a call needs {floor:,})"
+        return fit.max_tokens, Ending(fit.stop, detail, None, True)
+
+    def _prompt_size(self) -> int:
+        """The next prompt's size: measured by the server where possible, estimated otherwise."""
+        s = self.state
+        key = (len(s.messages), s.measured)
+        if s.size_memo is not None and s.size_memo[0] == key:
+            return s.size_memo[1]
+        if s.measured is not None and s.measured[1] <= len(s.messages):
+            tokens, count = s.measured
+            size = tokens + MESSAGE_FRAMING + self.model.estimate_tokens(s.messages[count:])
+        else:
+            size = self.model.estimate_tokens(s.messages, self.agent.toolbox.specs)
+        s.size_memo = (key, size)
+        return size
+
+    def _book(self, usage: Usage) -> None:
+        self.state.usage.add(usage)
+        if self.agent.rate_card is not None:
+            self.state.cost += self.agent.rate_card.cost(usage)
+
+    def _looping(self) -> bool:
+        return any(count > self.agent.loop_limit for count in self.state.repeats.values())
+
+    # -- one step ----------------------------------------------------------------------------
+    async def _step(self, number: int, max_tokens: int, *, final: bool = False) -> StepOutcome:
+        began = self.clock.now()
+        await self.emit(ev.StepStarted(number, max_tokens))
+        usage = Usage()
+        budget = max_tokens
+        retried: set[str] = set()
+        while True:
+            response = await self._call(number, budget, final)
+            usage.add(response.usage)
+            kind = _classify(response)
+            again = self._retry_budget(kind, budget, retried)
+            if again is None:
+                break
+            budget = again
+        if kind in ("glitch", "empty"):
+            kind = "empty"
+        else:
+            self._commit(response)
+        record = StepRecord(
+            number,
+            response.request_id,
+            usage,
+            response.finish_reason,
+            budget,
+            response.limiter_wait,
+            len(response.retries),
+            0.0,
+        )
+        self.state.steps.append(record)
+        if kind == "tools":
+            await self._run_tools(number, response.tool_calls, record, final)
+            if final:
+                kind = "answer"
+        record.duration_s = self.clock.now() - began
+        s = self.state
+        await self.emit(ev.StepFinished(number, record, replace(s.usage), s.cost))
+        return StepOutcome(kind, response)
+
+    def _retry_budget(self, kind: Kind, budget: int, retried: set[str]) -> int | None:
+        """The budget to call again with inside this step, or None to keep the response."""
+        if kind == "reasoning_exhausted" and "length" not in retried:
+            retried.add("length")
+            # Reasoning ate the budget: not an answer. Once, try again with more room.
+            bigger, _ = self._fit("extra", self._prompt_size(), budget * 2)
+            return bigger if bigger is not None and bigger > budget else None
+        if kind in ("empty", "glitch") and "glitch" not in retried:
+            retried.add("glitch")  # an empty answer or a tool_calls finish with no calls
+            same, _ = self._fit("extra", self._prompt_size(), budget)
+            return same
+        return None
+
+    def _commit(self, response: ModelResponse) -> None:
+        s = self.state
+        s.messages.append(response.message)
+        last = response.usage
+        if last.input_tokens:
+            s.measured = (last.input_tokens + last.output_tokens, len(s.messages))
+            s.cached_prefix = last.cached_input_tokens
+
+    async def _call(self, number: int, max_tokens: int, final: bool) -> ModelResponse:
+        """One model call (HTTP retries included), its deltas emitted as they arrive."""
+        specs = self.agent.toolbox.specs
+        prompt = self._prompt_size()
+        request = ModelRequest(
+            self.state.messages,
+            specs,
+            max_tokens,
+            tool_choice="none" if final and specs else None,
+            input_tokens=prompt,
+        )
+        assembler = Assembler()
+        streamed = 0
+        async with aclosing(self.model.stream(request)) as deltas:
+            async for delta in deltas:
+                if isinstance(delta, ReasoningDelta | TextDelta):
+                    streamed += len(delta.text)
+                    kind = ev.ReasoningDelta if isinstance(delta, ReasoningDelta) else ev.TextDelta
+                    await self.emit(kind(number, delta.text))
+                elif isinstance(delta, ResponseStarted):
+                    streamed = 0
+                elif isinstance(delta, RetryDelta):
+                    self._book_failed_attempt(assembler.response.usage, prompt, streamed)
+                    await self.emit(ev.Retry(number, delta.attempt, str(delta.error), delta.wait))
+                    fits, ending = self._fit("extra", prompt, max_tokens)
+                    if fits is None or fits < max_tokens:
+                        raise _BudgetStop(ending)  # the retry could bill past a limit
+                assembler.feed(delta)
+        response = assembler.finish()
+        self._book(response.usage)
+        return response
+
+    def _book_failed_attempt(self, reported: Usage, prompt: int, streamed_chars: int) -> None:
+        """A failed attempt may still be billed: count what it reported, or else (if it was
+        answered and broke mid-stream) assume its prompt and what it streamed were billed."""
+        if reported.total_tokens:
+            self._book(reported)
+        elif streamed_chars:
+            guess = Usage(input_tokens=prompt, output_tokens=streamed_chars // 4 + 1)
+            self.state.assumed_tokens += guess.total_tokens
+            if self.agent.rate_card is not None:
+                self.state.assumed_cost += self.agent.rate_card.cost(guess)
+
+    # -- tools -------------------------------------------------------------------------------
+    async def _run_tools(
+        self, number: int, calls: list[dict[str, Any]], record: StepRecord, final: bool
+    ) -> None:
+        s = self.state
+        if final:  # a final-answer call came back with tool calls anyway: refuse them
+            for call in calls:
+                s.messages.append(_tool_message(call, "Error: no more tool calls are allowed."))
+            return
+        for call in calls:
+            fn = call["function"]
+            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], fn["arguments"]))
+        s.open_calls = (record, calls)
+        outcomes = await self.agent.toolbox.run(calls, s.failures)
+        s.open_calls = None
+        for call, outcome in zip(calls, outcomes, strict=True):
+            content = self._shape(call, outcome.content)
+            await self._answer(record, call, outcome, content)
+
+    async def _answer(
+        self, record: StepRecord, call: dict[str, Any], outcome: ToolOutcome, content: str
+    ) -> None:
+        """The one tool message of ``call``, its record and its event."""
+        self.state.messages.append(_tool_message(call, content))
+        fn = call["function"]
+        record.tool_calls.append(
+            ToolCallRecord(
+                call["id"],
+                fn["name"],
+                fn["arguments"],
+                outcome.ok,
+                outcome.error,
+                outcome.duration_s,
+            )
+        )
+        await self.emit(
+            ev.ToolCallFinished(
+                record.step,
+                call["id"],
+                fn["name"],
+                outcome.ok,
+                outcome.error,
+                outcome.duration_s,
+                content,
+            )
+        )
+
+    def _shape(self, call: dict[str, Any], content: str) -> str:
+        fn = call["function"]
+        key = (fn["name"], fn["arguments"])
+        repeats = self.state.repeats[key] = self.state.repeats.get(key, 0) + 1
+        for strategy in self.agent.context:
+            content = strategy.shape_result(content, fn["name"], fn["arguments"])
+        limit = self.agent.loop_limit
+        if repeats == limit:
+            content += (
+                f"\n[note: this is the {limit}th identical call to {fn['name']} with these "
+                "arguments; change your approach — the next repeat ends the run]"
+            )
+        return content
+
+    async def _answer_open_calls(self, ending: Ending) -> None:
+        """Answer every call a stop left without a result, so the history stays valid."""
+        if self.state.open_calls is None:
+            return
+        record, calls = self.state.open_calls
+        self.state.open_calls = None
+        why = ending.detail or ending.stop
+        note = f"Error: no result — the run stopped ({why}) before this call finished."
+        for call in calls:
+            await self._answer(record, call, ToolOutcome(note, False, "interrupted"), note)
+
+    # -- the final answer --------------------------------------------------------------------
+    async def _final_answer(self, ending: Ending) -> Ending:
+        s = self.state
+        last = s.messages[-1]
+        if last.get("role") == "assistant" and not last.get("tool_calls"):
+            s.output = str(last.get("content") or "")
+            return Ending(ending.stop)
+        label = LIMIT_LABELS.get(ending.stop, ending.stop)
+        s.messages.append({"role": "user", "content": FINAL_ANSWER_PROMPT.format(limit=label)})
+        max_tokens, blocked = self._fit("final", self._prompt_size())
+        if max_tokens is None:
+            s.messages.pop()
+            return Ending(ending.stop, f"no final answer: {blocked.detail}")
+        try:
+            outcome = await self._step(len(s.steps) + 1, max_tokens, final=True)
+        except BaseException:
+            if s.messages[-1].get("role") == "user":
+                s.messages.pop()  # never leave the request for a final answer unanswered
+            raise
+        if outcome.kind == "answer" and outcome.response.text.strip():
+            s.output = outcome.response.text
+            return Ending(ending.stop)
+        why = (
+            "the model called tools instead"
+            if outcome.response.tool_calls
+            else self._end_of(outcome).detail
+        )
+        return Ending(ending.stop, f"no final answer: {why}")
+
+    # -- context management ------------------------------------------------------------------
+    async def _manage(self, number: int) -> None:
+        window = Window(self)
+        for strategy in self.agent.context:
+            window.call_usage = Usage()
+            edit = await strategy.manage(window)
+            if edit is not None:
+                await self.emit(
+                    ev.ContextEdited(
+                        number,
+                        edit.strategy,
+                        edit.tokens_before,
+                        edit.tokens_after,
+                        edit.detail,
+                        window.call_usage,
+                    )
+                )
+
+
+def _classify(response: ModelResponse) -> Kind:
+    if response.tool_calls:
+        return "tools"
+    if response.finish_reason == "length" and not response.text:
+        return "reasoning_exhausted"
+    if response.finish_reason == "content_filter":
+        return "refused"
+    if response.finish_reason == "tool_calls":
+        return "glitch"  # seen from Kimi endpoints under load
+    return "answer" if response.text.strip() else "empty"
+
+
+def _tool_message(call: dict[str, Any], content: str) -> Message:
+    return {
+        "role": "tool",
+        "tool_call_id": call["id"],
+        "name": call["function"]["name"],
+        "content": content,
+    }
+
+
+class Window:
+    """The run's side of ``context.ContextWindow``."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self.messages = run.state.messages
+        self.call_usage = Usage()
+
+    @property
+    def tokens(self) -> int:
+        return self._run._prompt_size()
+
+    @property
+    def limit(self) -> int:
+        run = self._run
+        return context_line(
+            run.budget,
+            context_window=run.model.context_window,
+            step_tokens=run.agent.step_tokens,
+            floor=run.model.min_max_tokens,
+        )
+
+    @property
+    def window(self) -> int:
+        ceiling = self._run.model.context_window
+        total = self._run.budget.total_tokens
+        return min(ceiling, total) if total is not None else ceiling
+
+    def estimate(self, messages: Sequence[Message]) -> int:
+        return self._run.model.estimate_tokens(messages)
+
+    def replace(self, messages: list[Message]) -> None:
+        s = self._run.state
+        s.messages[:] = messages  # in place: the result shares this list
+        s.measured = None
+        s.cached_prefix = 0  # the edit changed the prefix the cache held
+        s.size_memo = None
+
+    async def summarise(self, messages: list[Message], max_tokens: int) -> str:
+        run = self._run
+        specs = run.agent.toolbox.specs
+        prompt = run.model.estimate_tokens(messages, specs)
+        fitted, _ = run._fit("extra", prompt, max_tokens)
+        if fitted is None:
+            return ""  # no room for a summary within the limits
+        request = ModelRequest(messages, specs, fitted, input_tokens=prompt)
+        assembler = Assembler()
+        async with aclosing(run.model.stream(request)) as deltas:
+            async for delta in deltas:
+                assembler.feed(delta)
+        response = assembler.finish()
+        run._book(response.usage)
+        self.call_usage.add(response.usage)
+        if response.finish_reason == "length":
+            return ""  # a cut-off summary would silently lose the end of the findings
+        return response.text
