@@ -30,6 +30,7 @@ from .result import RunResult
 from .telemetry import Telemetry
 from .tools import Tool, Toolbox
 
+TASK_NAME = "agentloop run"
 # Runs streamed without ``async with`` run in tasks nothing else holds: keep them referenced.
 _DETACHED: set[asyncio.Task[None]] = set()
 
@@ -194,7 +195,7 @@ class RunStream:
             driver.control.cancel()
         work = driver.drive(self._agent, self._messages, self._task_text)
         if self._group is not None:
-            self._group.start_soon(lambda: work)
+            self._group.start_soon(lambda: work, name=TASK_NAME)
             return
         try:
             loop = asyncio.get_running_loop()
@@ -203,7 +204,7 @@ class RunStream:
             raise ConfigurationError(
                 "on this event loop, iterate a run inside `async with agent.stream(...) as run:`"
             ) from None
-        task = loop.create_task(work)
+        task = loop.create_task(work, name=TASK_NAME)
         _DETACHED.add(task)
         task.add_done_callback(_DETACHED.discard)
 
@@ -247,7 +248,10 @@ class RunStream:
     ) -> bool | None:
         await self.aclose()
         assert self._group is not None
-        return await self._group.__aexit__(kind, error, trace)
+        # The run's task is over: exit the group as if the body had ended normally, so that an
+        # exception of the body propagates as itself rather than inside an ExceptionGroup.
+        await self._group.__aexit__(None, None, None)
+        return None
 
 
 __all__ = ["Agent", "RunStream"]

@@ -231,9 +231,7 @@ class Tool:
         token = _STOP.set(stop)
         try:
             # abandon_on_cancel: a timeout or a stopped run returns at once, without the thread
-            return await anyio.to_thread.run_sync(
-                lambda: self.fn(**kwargs), abandon_on_cancel=True
-            )
+            return await anyio.to_thread.run_sync(lambda: self.fn(**kwargs), abandon_on_cancel=True)
         finally:
             stop.set()
             _STOP.reset(token)

@@ -35,9 +35,7 @@ def test_billed_tokens_count_what_was_billed_before() -> None:
 def test_cost_prices_the_prompt_uncached_and_the_output_in_full() -> None:
     card = RateCard(input_per_m=1.0, cached_input_per_m=0.1, output_per_m=10.0)
     # $1 left; a 100K prompt costs $0.10 uncached: $0.90 buys 90,000 output tokens
-    room = room_for(
-        Budget(max_cost_usd=1.0), prompt=100_000, context_window=10**9, rate_card=card
-    )
+    room = room_for(Budget(max_cost_usd=1.0), prompt=100_000, context_window=10**9, rate_card=card)
     assert room.budget == 89_999 and room.binding == "max_cost_usd"  # never a float rounding over
     cached = room_for(
         Budget(max_cost_usd=1.0),
@@ -81,8 +79,13 @@ def test_every_call_asks_for_at_least_the_floor() -> None:
 def test_which_limit_stops_a_call_is_named() -> None:
     card = RateCard(1.0, 0.1, 10.0)
     cost = fit_call(
-        Budget(max_cost_usd=0.1, max_billed_tokens=10**6), "step", prompt=1_000,
-        wanted=32_000, floor=1, context_window=262_144, rate_card=card,
+        Budget(max_cost_usd=0.1, max_billed_tokens=10**6),
+        "step",
+        prompt=1_000,
+        wanted=32_000,
+        floor=1,
+        context_window=262_144,
+        rate_card=card,
     )
     assert cost.max_tokens is None and cost.stop == "cost_budget"
     assert cost.room.binding == "max_cost_usd"

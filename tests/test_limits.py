@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import anyio
+import anyio.lowlevel
 import pytest
 
 from agentloop import Agent, Budget, ConfigurationError, OpenAIModel, RateCard, tool
-from agentloop.sim import ScriptedPolicy, SimServer, ToolCall, ToolLoopPolicy, Turn
+from agentloop.sim import ScriptedPolicy, SimServer, ToolLoopPolicy, Turn
 
 from .conftest import kimi
 
@@ -27,7 +27,7 @@ async def page(query: str) -> str:
     Args:
         query: what to read.
     """
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return f"{query}: " + "lorem ipsum dolor sit amet " * 600  # about 4K tokens
 
 
@@ -179,7 +179,7 @@ async def test_a_length_retry_counts_against_the_budget(sim_factory: SimFactory)
     result = await Agent(kimi(sim), budget=budget).run("go")
     assert_within(sim, budget)
     # 32K went on reasoning; the retry may only have what is left of the 80K
-    assert [b["max_tokens"] for b in sim.stats.bodies][0] == 32_000
+    assert sim.stats.bodies[0]["max_tokens"] == 32_000
     assert all(b["max_tokens"] <= 80_000 - 32_000 for b in sim.stats.bodies[1:])
     assert result.usage.total_tokens <= 80_000
 

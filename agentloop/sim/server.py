@@ -119,6 +119,7 @@ class SimConfig:
     usage_placement: str = "alternate"  # "top", "choice" or "alternate" (streamed usage)
     chunk_chars: int = 24
     latency: float = 0.0  # seconds before the first byte (on the clock)
+    batch_delay: float = 0.0  # seconds between network writes of a stream (a slow generation)
     clock: Clock = field(default_factory=MonotonicClock)
 
 
@@ -792,6 +793,8 @@ class SimServer:
                 writer.write(_chunked(b"".join(out)))
                 out.clear()
                 await writer.drain()
+                if self.config.batch_delay:
+                    await self.config.clock.sleep(self.config.batch_delay)
         placement = self.config.usage_placement
         if placement == "alternate":
             placement = "top" if self.stats.completions % 2 else "choice"
