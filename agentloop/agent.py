@@ -52,7 +52,8 @@ class Agent:
         clock: Clock | None = None,
     ) -> None:
         self.model = model
-        self.toolbox = Toolbox(tools, max_result_chars=max_result_chars)
+        self.clock: Clock = clock or getattr(model, "clock", None) or DEFAULT_CLOCK
+        self.toolbox = Toolbox(tools, max_result_chars=max_result_chars, now=self.clock.now)
         self.instructions = instructions
         self.loop_limit = loop_limit
         self.rate_card = rate_card or model.rate_card
@@ -60,7 +61,6 @@ class Agent:
         self.context: list[ContextStrategy] = (
             default_strategies() if context is None else list(context)
         )
-        self.clock: Clock = clock or getattr(model, "clock", None) or DEFAULT_CLOCK
         self.telemetry = Telemetry(model.name, getattr(model, "provider", "openai"))
 
     @property

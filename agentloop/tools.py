@@ -302,7 +302,9 @@ class Toolbox:
         items: Sequence[Tool | BuiltinTool | Callable[..., Any]],
         *,
         max_result_chars: int = 40_000,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.now = now  # the agent's Clock, for durations
         self.tools: dict[str, Tool] = {}
         self.builtins: dict[str, BuiltinTool] = {}
         for item in items:
@@ -325,9 +327,9 @@ class Toolbox:
         outcomes = [ToolOutcome("", False, "interrupted")] * len(calls)
 
         async def run_one(index: int) -> None:
-            started = time.monotonic()
+            started = self.now()
             outcome = await self._execute(calls[index], failures)
-            outcome.duration_s = time.monotonic() - started
+            outcome.duration_s = self.now() - started
             outcomes[index] = outcome
 
         if len(calls) == 1:
