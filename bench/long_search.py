@@ -6,6 +6,11 @@ simulated model (``ResearchPolicy``) answers only from what is in the context it
 the simulator reports ``cached_tokens`` from byte-identical prompt prefixes, so the table shows
 what each strategy costs at kimi-k2.6 prices and whether it kept the facts.
 
+Below the table, one run stopped by the step cap halfway shows the final-answer call: it keeps
+the run's tools and history and sends ``tool_choice: "none"``, so its prompt is a cache hit but
+for the last turn; the same call with the tools dropped (as agentloop once sent it) would change
+the first bytes of the prompt and pay for all of it uncached.
+
     python -m bench long_search [--pages 200] [--json FILE]
 """
 
@@ -17,10 +22,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import anyio
 
-from agentloop import Agent, Budget, KimiModel, tool
+from agentloop import KIMI_K2_6, Agent, Budget, KimiModel, Usage, tool
 from agentloop.context import (
     ClearToolResults,
     Compact,
@@ -108,16 +114,7 @@ def strategies() -> dict[str, Callable[[], Sequence[ContextStrategy]]]:
 async def run_one(
     name: str, make: Callable[[], Sequence[ContextStrategy]], scenario: Scenario
 ) -> Row:
-    @tool
-    def search(query: str, page: int) -> str:
-        """Search the archive.
-
-        Args:
-            query: what to look for.
-            page: which page of results to read (1 is the first).
-        """
-        return scenario.page_text(page)
-
+    search = _search_tool(scenario)
     budget = scenario.budget or Budget.preset("browsecomp")
     config = SimConfig(policy=ResearchPolicy(pages=scenario.pages), chunk_chars=4096)
     started = time.perf_counter()
@@ -159,6 +156,55 @@ async def run_one(
     )
 
 
+@dataclass
+class FinalAnswer:
+    steps: int
+    prompt_tokens: int
+    cached_tokens: int
+    cost_usd: float  # as sent: tools kept, tool_choice "none"
+    cost_without_tools_usd: float  # the same call with no cached prefix
+
+
+async def final_answer_call(scenario: Scenario) -> FinalAnswer:
+    """Stop a default-strategy run halfway with the step cap and price its final-answer call."""
+    budget = (scenario.budget or Budget.preset("browsecomp")).with_(max_steps=scenario.pages // 2)
+    halfway = Scenario(scenario.pages, scenario.min_tokens, scenario.max_tokens, budget)
+    config = SimConfig(policy=ResearchPolicy(pages=scenario.pages), chunk_chars=4096)
+    async with SimServer(config) as sim:
+        sim.stats.keep_bodies = False
+        agent = Agent(
+            KimiModel(api_key="sk-sim", base_url=sim.base_url, rpm=None),
+            tools=[_search_tool(halfway)],
+            budget=budget,
+            max_result_chars=10**9,
+        )
+        result = await agent.run("Search every page of the archive and report the codes.")
+    assert result.stop_reason == "max_steps", result.stop_reason
+    final = result.steps[-1].usage
+    uncached = Usage(final.input_tokens, 0, final.output_tokens)
+    return FinalAnswer(
+        len(result.steps),
+        final.input_tokens,
+        final.cached_input_tokens,
+        KIMI_K2_6.cost(final),
+        KIMI_K2_6.cost(uncached),
+    )
+
+
+def _search_tool(scenario: Scenario) -> Any:
+    @tool
+    def search(query: str, page: int) -> str:
+        """Search the archive.
+
+        Args:
+            query: what to look for.
+            page: which page of results to read (1 is the first).
+        """
+        return scenario.page_text(page)
+
+    return search
+
+
 async def run_all(scenario: Scenario, names: Sequence[str] | None = None) -> list[Row]:
     rows = []
     for name, make in strategies().items():
@@ -193,6 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario = Scenario(pages=args.pages)
     rows = anyio.run(run_all, scenario, args.strategy)
     print(table(rows))
+    final = anyio.run(final_answer_call, scenario)
+    print(
+        f"\nfinal-answer call after {final.steps - 1} steps (step cap {final.steps}): prompt "
+        f"{final.prompt_tokens:,} tokens, {final.cached_tokens:,} cached: ${final.cost_usd:.4f}; "
+        f"with the tools dropped (nothing cached): ${final.cost_without_tools_usd:.4f} "
+        f"({final.cost_without_tools_usd / final.cost_usd:.1f}x)"
+    )
     if args.json:
         with open(args.json, "w") as out:
             json.dump([asdict(r) for r in rows], out, indent=1)

@@ -18,6 +18,7 @@ def test_long_search_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = tmp_path / "rows.json"
     assert long_search.main(["--pages", "8", "--json", str(out)]) == 0
     table = capsys.readouterr().out
+    assert "final-answer call after 3 steps" in table and "with the tools dropped" in table
     data = rows(out)
     assert isinstance(data, list)
     assert {r["strategy"] for r in data} == set(long_search.strategies())
