@@ -9,11 +9,14 @@ exact for sliding and fixed windows alike. Token use is reserved at admission (p
 max_tokens) and reconciled with the usage the server reports.
 
 One limiter is shared by every run that uses the same model client, and ``shared_limiter`` hands
-the same one to every client built for the same base URL and key.
+the same one to every client built for the same base URL and key. The log outlives event loops
+(``run_sync`` starts a new one per call) and is shared by loops in other threads; the anyio
+primitives that queue the waiters belong to one loop, so each loop gets its own (``_Gate``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import threading
@@ -21,8 +24,35 @@ import weakref
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from .clock import DEFAULT_CLOCK, Clock
+
+
+def current_loop() -> object:
+    """The identity of the running event loop: compared with ``is`` on every request to notice
+    a new loop. ``get_running_loop`` is a C call; other anyio backends (trio) pay a bit more."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.lowlevel.current_token().native_token
+
+
+class _Gate:
+    """The loop-bound half of a limiter. An anyio primitive serves one event loop (an asyncio
+    Event binds to the first loop that waits on it; none is thread-safe), so each loop gets its
+    own: FIFO admission and ``max_concurrency`` hold per loop, the rpm/tpm log for all."""
+
+    __slots__ = ("admission", "freed", "loop", "slots")
+
+    def __init__(self, loop: object, max_concurrency: int | None) -> None:
+        self.loop = loop
+        self.admission = anyio.Lock()
+        self.freed = anyio.Event()  # set when a reconcile gives tokens back
+        self.slots = anyio.Semaphore(max_concurrency) if max_concurrency else None
+
+
+_UNBOUND = _Gate(None, None)  # matches no running loop
 
 
 @dataclass(slots=True)
@@ -38,10 +68,11 @@ class Permit:
     limiter: RateLimiter
     charge: _Charge
     waited: float
+    gate: _Gate = field(repr=False)  # the loop it was admitted in: its slot goes back there
     released: bool = field(default=False)
 
     def reconcile(self, actual_tokens: int) -> None:
-        self.limiter._reconcile(self.charge, actual_tokens)
+        self.limiter._reconcile(self.charge, actual_tokens, self.gate)
 
     def touch(self) -> None:
         """Re-stamp the admission when the server answered: the server counted the request on
@@ -51,7 +82,8 @@ class Permit:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limiter._release()
+            if self.gate.slots is not None:
+                self.gate.slots.release()
 
 
 class RateLimiter:
@@ -80,9 +112,9 @@ class RateLimiter:
         self._requests: list[float] = []
         self._charges: list[_Charge] = []
         self._tokens_in_window = 0
-        self._admission = anyio.Lock()
-        self._freed = anyio.Event()  # set when a reconcile gives tokens back
-        self._slots = anyio.Semaphore(max_concurrency) if max_concurrency else None
+        self._log_lock = threading.Lock()  # the log is shared by loops in any thread
+        self._gate = _UNBOUND  # the last loop's gate; other threads keep theirs in _local
+        self._local = threading.local()
         self.admitted = 0
         self.total_wait = 0.0
 
@@ -121,35 +153,54 @@ class RateLimiter:
         """Wait until the request may be sent; ``tokens`` is its estimated total (in + out)."""
         if self.tpm is not None:
             tokens = min(tokens, self.tpm)
+        gate = self._gate
+        if gate.loop is not (loop := current_loop()):
+            gate = self._gate_for(loop)
         start = self.clock.now()
-        if self._slots is not None:
-            await self._slots.acquire()
+        slots = gate.slots
+        if slots is not None:
+            await slots.acquire()
         try:
-            async with self._admission:  # first come, first served
-                while (wait := self._wait_needed(tokens)) > 0:
-                    await self._sleep(wait)
-                now = self.clock.now()
-                bisect.insort(self._requests, now)
-                charge = _Charge(now, tokens)
-                self._charges.append(charge)
-                self._tokens_in_window += tokens
+            async with gate.admission:  # first come, first served
+                while True:
+                    with self._log_lock:  # check and record in one step, whatever the thread
+                        wait = self._wait_needed(tokens)
+                        if wait <= 0:
+                            now = self.clock.now()
+                            bisect.insort(self._requests, now)
+                            charge = _Charge(now, tokens)
+                            self._charges.append(charge)
+                            self._tokens_in_window += tokens
+                            waited = now - start
+                            self.admitted += 1
+                            self.total_wait += waited
+                            break
+                    await self._sleep(wait, gate)
         except BaseException:
-            if self._slots is not None:
-                self._slots.release()
+            if slots is not None:
+                slots.release()
             raise
-        waited = self.clock.now() - start
-        self.admitted += 1
-        self.total_wait += waited
-        return Permit(self, charge, waited)
+        return Permit(self, charge, waited, gate)
 
-    async def _sleep(self, wait: float) -> None:
+    def _gate_for(self, loop: object) -> _Gate:
+        # A thread runs one loop at a time, so its gate is found again after another thread's
+        # loop took the shared slot; a thread that moves on to a new loop replaces it.
+        gate: _Gate | None = getattr(self._local, "gate", None)
+        if gate is None or gate.loop is not loop:
+            gate = _Gate(loop, self.max_concurrency)
+            self._local.gate = gate
+        self._gate = gate
+        return gate
+
+    async def _sleep(self, wait: float, gate: _Gate) -> None:
         """Sleep ``wait``, or less if a finished request gives reserved tokens back (a request
         reserves its whole max_tokens but is billed what it used; waiting for the reservation
-        to expire would waste most of a TPM limit)."""
+        to expire would waste most of a TPM limit). Only this loop's reconciles wake it early;
+        a sleeper in another thread's loop waits out its time."""
         if self.tpm is None:
             await self.clock.sleep(wait)
             return
-        freed = self._freed
+        freed = gate.freed
 
         async def wake() -> None:
             await freed.wait()
@@ -160,25 +211,24 @@ class RateLimiter:
             await self.clock.sleep(wait)
             group.cancel_scope.cancel()
 
-    def _reconcile(self, charge: _Charge, actual: int) -> None:
-        if any(c is charge for c in self._charges):  # still inside the window
-            self._tokens_in_window += actual - charge.tokens
-        if actual < charge.tokens:
-            self._freed.set()
-            self._freed = anyio.Event()
-        charge.tokens = actual
+    def _reconcile(self, charge: _Charge, actual: int, gate: _Gate) -> None:
+        with self._log_lock:
+            if any(c is charge for c in self._charges):  # still inside the window
+                self._tokens_in_window += actual - charge.tokens
+            freed = actual < charge.tokens
+            charge.tokens = actual
+        if freed:
+            gate.freed.set()
+            gate.freed = anyio.Event()
 
     def _touch(self, charge: _Charge) -> None:
-        now = self.clock.now()
-        index = bisect.bisect_left(self._requests, charge.at)
-        if index < len(self._requests) and self._requests[index] == charge.at:
-            del self._requests[index]
-            bisect.insort(self._requests, now)
-        charge.at = now
-
-    def _release(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        with self._log_lock:
+            now = self.clock.now()
+            index = bisect.bisect_left(self._requests, charge.at)
+            if index < len(self._requests) and self._requests[index] == charge.at:
+                del self._requests[index]
+                bisect.insort(self._requests, now)
+            charge.at = now
 
 
 _shared: weakref.WeakValueDictionary[tuple[str, str], RateLimiter] = weakref.WeakValueDictionary()

@@ -7,13 +7,17 @@ swapped in by implementing the same two methods.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import functools
+import threading
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import httpx2
 
-from ..errors import APIConnectionError, StreamInterruptedError
+from ..errors import APIConnectionError, ConfigurationError, StreamInterruptedError
+from ..limits import current_loop
 
 
 class RawResponse(Protocol):
@@ -68,6 +72,36 @@ class _Httpx2Response:
             ) from None
 
 
+class _Pools:
+    """The clients of one event loop: their pooled connections are sockets of that loop."""
+
+    __slots__ = ("__weakref__", "clients", "closer", "in_flight", "loop")
+
+    def __init__(self, loop: object, clients: list[httpx2.AsyncClient]) -> None:
+        self.loop = loop
+        self.clients = clients
+        self.in_flight = [0] * len(clients)
+        self.closer: AsyncGenerator[None, None] | None = None
+
+
+async def _close_with_loop(
+    clients: list[httpx2.AsyncClient], owner: weakref.ref[_Pools]
+) -> AsyncGenerator[None, None]:
+    """Parked at its ``yield`` for the life of the loop: asyncio.run, anyio.run and trio close a
+    loop's unfinished async generators before the loop itself, so the clients are closed on
+    their own loop, not dropped with live sockets. A transport dropped while its loop runs is
+    closed through the loop's finalizer hook (no reference back to the ``_Pools``: a cycle would
+    let the GC finalize the sockets first). A bare ``loop.close()`` leaves them to the GC."""
+    try:
+        yield
+    finally:
+        pools = owner()
+        if pools is not None:
+            pools.loop = None  # never handed out again: a later request here builds anew
+        for client in clients:
+            await client.aclose()
+
+
 class Httpx2Transport:
     """httpx2 over a few independent connection pools ("shards").
 
@@ -75,6 +109,12 @@ class Httpx2Transport:
     connections costs O(N) CPU per request: at 500 concurrent runs that scan was 75% of the
     client's CPU. Each request goes to the shard with the fewest requests in flight (the first
     on ties, so sequential calls keep reusing one connection), which keeps every pool small.
+
+    A pooled connection belongs to the event loop that opened it, and ``run_sync`` starts a new
+    loop per call, so the shards are built per loop: a request on another loop than the last
+    one's takes the shards its thread built for that loop, or builds new ones. A ``client=`` of
+    the caller's own is never replaced (we can neither copy its settings nor know who else holds
+    it): using it on a second loop raises ``ConfigurationError``.
     """
 
     def __init__(
@@ -86,35 +126,63 @@ class Httpx2Transport:
         shards: int = 16,
         client: httpx2.AsyncClient | None = None,
     ) -> None:
-        if client is not None:
-            self._clients = [client]
-        else:
-            shards = max(1, min(shards, max_connections))
-            per_shard = max(1, max_connections // shards)
-            tls = httpx2.create_ssl_context()  # one CA store (about 1 MB) for every shard
-            self._clients = [
-                httpx2.AsyncClient(
-                    verify=tls,
-                    timeout=httpx2.Timeout(timeout, connect=connect_timeout),
-                    limits=httpx2.Limits(
-                        max_connections=per_shard, max_keepalive_connections=per_shard
-                    ),
-                )
-                for _ in range(shards)
-            ]
-        self._in_flight = [0] * len(self._clients)
+        self._client = client
+        self._new_client: Callable[[], httpx2.AsyncClient] | None = None
+        self._shards = 1
+        if client is None:
+            self._shards = max(1, min(shards, max_connections))
+            per_shard = max(1, max_connections // self._shards)
+            self._new_client = functools.partial(
+                httpx2.AsyncClient,
+                verify=httpx2.create_ssl_context(),  # one CA store (about 1 MB) for every loop
+                timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+                limits=httpx2.Limits(
+                    max_connections=per_shard, max_keepalive_connections=per_shard
+                ),
+            )
+        # The last loop's pools (None matches no loop); each thread keeps its own in _local.
+        self._pools = _Pools(None, [client] if client is not None else [])
+        self._local = threading.local()
+        self._claim = threading.Lock()
 
-    def _pick(self) -> int:
-        loads = self._in_flight
-        return loads.index(min(loads))
+    async def _pools_for(self, loop: object) -> _Pools:
+        pools: _Pools | None = getattr(self._local, "pools", None)
+        if pools is None or pools.loop is not loop:
+            if self._new_client is None:
+                pools = self._claim_client(loop)
+            else:
+                pools = _Pools(loop, [self._new_client() for _ in range(self._shards)])
+                pools.closer = _close_with_loop(pools.clients, weakref.ref(pools))
+                await pools.closer.asend(None)  # the first step registers it with this loop
+            self._local.pools = pools
+        self._pools = pools
+        return pools
+
+    def _claim_client(self, loop: object) -> _Pools:
+        with self._claim:
+            pools = self._pools  # always the caller's client's, unbound until first used
+            if pools.loop is None:
+                pools.loop = loop
+            if pools.loop is loop:
+                return pools
+        raise ConfigurationError(
+            "the httpx2.AsyncClient passed as client= was first used in another event loop "
+            "(one that has ended, or runs in another thread), and its connections belong to "
+            "that loop: create the client inside the loop that uses it, or leave out client= "
+            "and let agentloop own the connection pools (it builds them per loop)"
+        )
 
     @asynccontextmanager
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes
     ) -> AsyncIterator[RawResponse]:
-        shard = self._pick()
-        client = self._clients[shard]
-        self._in_flight[shard] += 1
+        pools = self._pools
+        if pools.loop is not (loop := current_loop()):  # one identity check per request
+            pools = await self._pools_for(loop)
+        loads = pools.in_flight
+        shard = loads.index(min(loads))
+        client = pools.clients[shard]
+        loads[shard] += 1
         try:
             request = client.build_request("POST", url, headers=headers, content=body)
             try:
@@ -130,8 +198,15 @@ class Httpx2Transport:
             finally:
                 await response.aclose()
         finally:
-            self._in_flight[shard] -= 1
+            loads[shard] -= 1
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        """Close this loop's pools (other loops' close when their loop ends)."""
+        if self._client is not None:
+            await self._client.aclose()
+            return
+        loop = current_loop()
+        for pools in (self._pools, getattr(self._local, "pools", None)):
+            if pools is not None and pools.loop is loop and pools.closer is not None:
+                await pools.closer.aclose()  # runs its finally: closes the clients
+                return
