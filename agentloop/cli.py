@@ -137,23 +137,23 @@ async def show_run(
     console = console or Console(highlight=False)
     view = RunView(budget=agent.budget, show_reasoning=show_reasoning)
     writer = TranscriptWriter(transcript) if transcript else None
-    stream = agent.stream(task)
     live = Live(view.render(), console=console, refresh_per_second=8) if mode == "live" else None
     try:
         if live is not None:
             live.start()
-        async for event in stream:
-            if writer:
-                writer.write(event)
-            view.feed(event)
-            if live is not None:
-                live.update(view.render())
-            elif mode == "json":
-                print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
-            else:
-                line = plain_line(event)
-                if line:
-                    print(line, flush=True)
+        async with agent.stream(task) as stream:
+            async for event in stream:
+                if writer:
+                    writer.write(event)
+                view.feed(event)
+                if live is not None:
+                    live.update(view.render())
+                elif mode == "json":
+                    print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
+                else:
+                    line = plain_line(event)
+                    if line:
+                        print(line, flush=True)
     finally:
         if live is not None:
             live.stop()

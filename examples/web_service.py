@@ -62,16 +62,14 @@ def make_app(model: KimiModel) -> Callable[[Scope, Receive, Send], Awaitable[Non
                 ],
             }
         )
-        stream = agent.stream(task)
-        try:
-            async for event in stream:
+        # Leaving the block however it is left (the client went away, say) stops the run and
+        # releases its model call; a deadline never interrupts our own `await send(...)`.
+        async with agent.stream(task) as run:
+            async for event in run:
                 data = json.dumps(event_to_dict(event), ensure_ascii=False)
                 name = type(event).__name__
                 chunk = f"event: {name}\ndata: {data}\n\n".encode()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
-            stream.cancel()  # the client went away: stop the run (and its model calls)
-            await stream.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return app
