@@ -57,9 +57,6 @@ LIMIT_LABELS = {
     "cost_budget": "cost budget",
     "loop_detected": "repeat limit (the same tool call kept repeating)",
 }
-# A measured prompt covers the last call's prompt and completion; the assistant message adds a
-# few tokens of framing when it is sent back.
-MESSAGE_FRAMING = 8
 
 Kind = Literal["answer", "tools", "reasoning_exhausted", "empty", "refused", "glitch"]
 
@@ -119,8 +116,9 @@ class _State:
     measured: tuple[int, int] | None = None
     cached_prefix: int = 0  # what the last call reported cached, while the history is unedited
     size_memo: tuple[tuple[object, ...], int] | None = None
-    # the step whose tool calls are running, and those calls (answered if the run stops)
-    open_calls: tuple[StepRecord, list[dict[str, Any]]] | None = None
+    # the step whose tool calls are running, the calls not answered yet and their outcomes so
+    # far (None: still running); answered with a note if the run stops
+    open_calls: tuple[StepRecord, list[dict[str, Any]], list[ToolOutcome | None]] | None = None
 
 
 class Run:
@@ -133,6 +131,15 @@ class Run:
         self.emit = emit
         self.control = control
         self._finals_allowed = agent.budget.final_answer_on_limit
+        # what the request for a final answer adds to a prompt (the longest label)
+        self.final_prompt_tokens = self.model.estimate_tokens(
+            [
+                {
+                    "role": "user",
+                    "content": FINAL_ANSWER_PROMPT.format(limit=LIMIT_LABELS["loop_detected"]),
+                }
+            ]
+        )
         self.deadline = (
             anyio.current_time() + agent.budget.deadline_s
             if agent.budget.deadline_s is not None
@@ -147,11 +154,13 @@ class Run:
             await self.emit(ev.LimitHit(ending.stop, ending.detail))
         if ending.final_answer and self._finals_allowed:
             after = await self._guarded(lambda: self._final_answer(ending))
-            if after.stop in ("cancelled", "deadline", "error"):
-                ending = replace(after, stop=ending.stop if after.stop == "error" else after.stop)
+            if after.stop == "error":
+                ending = replace(ending, error=after.error)
+            elif after.stop in ("cancelled", "deadline"):
+                ending = replace(after, detail=f"{ending.detail}; then {after.detail}")
             elif after.detail:
                 ending.detail = f"{ending.detail}; {after.detail}"
-        await self._answer_open_calls(ending)
+        await self._answer_calls(ending)
         s = self.state
         result = RunResult(
             s.output,
@@ -234,11 +243,12 @@ class Run:
             spent=Spent(s.usage.total_tokens + s.assumed_tokens, s.cost + s.assumed_cost),
             rate_card=self.agent.rate_card,
             cached_prefix=s.cached_prefix,
+            final_prompt=self.final_prompt_tokens,
         )
         room = fit.room
         leaves = f"{room.binding} leaves {max(room.tokens, 0):,} output tokens"
         if kind == "step":
-            detail = f"{leaves} after a {prompt:,}-token prompt, too few for a full step"
+            detail = f"{leaves} after a {prompt:,}-token prompt, too few for another step"
         else:
             detail = f"{leaves} after a {prompt:,}-token prompt (a call needs {floor:,})"
         return fit.max_tokens, Ending(fit.stop, detail, None, True)
@@ -251,7 +261,7 @@ class Run:
             return s.size_memo[1]
         if s.measured is not None and s.measured[1] <= len(s.messages):
             tokens, count = s.measured
-            size = tokens + MESSAGE_FRAMING + self.model.estimate_tokens(s.messages[count:])
+            size = tokens + self.model.estimate_tokens(s.messages[count:])
         else:
             size = self.model.estimate_tokens(s.messages, self.agent.toolbox.specs)
         s.size_memo = (key, size)
@@ -322,32 +332,41 @@ class Run:
         s.messages.append(response.message)
         last = response.usage
         if last.input_tokens:
-            s.measured = (last.input_tokens + last.output_tokens, len(s.messages))
+            # the message as sent back may weigh more than the output reported for it
+            sent_back = self.model.estimate_tokens([response.message])
+            s.measured = (last.input_tokens + max(last.output_tokens, sent_back), len(s.messages))
             s.cached_prefix = last.cached_input_tokens
 
     async def _call(self, number: int, max_tokens: int, final: bool) -> ModelResponse:
-        """One model call (HTTP retries included), its deltas emitted as they arrive."""
+        """One step's model call, its deltas emitted as they arrive."""
         specs = self.agent.toolbox.specs
-        prompt = self._prompt_size()
         request = ModelRequest(
             self.state.messages,
             specs,
             max_tokens,
             tool_choice="none" if final and specs else None,
-            input_tokens=prompt,
+            input_tokens=self._prompt_size(),
         )
+        return await self.call_model(request, number, live=True)
+
+    async def call_model(self, request: ModelRequest, number: int, live: bool) -> ModelResponse:
+        """One model call, HTTP retries included: every attempt is booked against the limits
+        and a retry that no longer fits is not sent. ``live``: emit the deltas."""
+        prompt = request.input_tokens or 0
+        max_tokens = request.max_tokens or 0
         assembler = Assembler()
-        streamed = 0
+        answered = False  # this attempt got a response: the server may have billed it
         async with aclosing(self.model.stream(request)) as deltas:
             async for delta in deltas:
-                if isinstance(delta, ReasoningDelta | TextDelta):
-                    streamed += len(delta.text)
-                    kind = ev.ReasoningDelta if isinstance(delta, ReasoningDelta) else ev.TextDelta
-                    await self.emit(kind(number, delta.text))
+                if live and isinstance(delta, ReasoningDelta):
+                    await self.emit(ev.ReasoningDelta(number, delta.text))
+                elif live and isinstance(delta, TextDelta):
+                    await self.emit(ev.TextDelta(number, delta.text))
                 elif isinstance(delta, ResponseStarted):
-                    streamed = 0
+                    answered = True
                 elif isinstance(delta, RetryDelta):
-                    self._book_failed_attempt(assembler.response.usage, prompt, streamed)
+                    self._book_failed_attempt(assembler.response.usage, answered, request)
+                    answered = False
                     await self.emit(ev.Retry(number, delta.attempt, str(delta.error), delta.wait))
                     fits, ending = self._fit("extra", prompt, max_tokens)
                     if fits is None or fits < max_tokens:
@@ -357,13 +376,15 @@ class Run:
         self._book(response.usage)
         return response
 
-    def _book_failed_attempt(self, reported: Usage, prompt: int, streamed_chars: int) -> None:
-        """A failed attempt may still be billed: count what it reported, or else (if it was
-        answered and broke mid-stream) assume its prompt and what it streamed were billed."""
+    def _book_failed_attempt(self, reported: Usage, answered: bool, request: ModelRequest) -> None:
+        """A failed attempt may still have been billed: count the usage it reported, or else,
+        if the server had answered (the stream broke), its worst case, which is all we know."""
         if reported.total_tokens:
             self._book(reported)
-        elif streamed_chars:
-            guess = Usage(input_tokens=prompt, output_tokens=streamed_chars // 4 + 1)
+        elif answered:
+            guess = Usage(
+                input_tokens=request.input_tokens or 0, output_tokens=request.max_tokens or 0
+            )
             self.state.assumed_tokens += guess.total_tokens
             if self.agent.rate_card is not None:
                 self.state.assumed_cost += self.agent.rate_card.cost(guess)
@@ -380,12 +401,10 @@ class Run:
         for call in calls:
             fn = call["function"]
             await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], fn["arguments"]))
-        s.open_calls = (record, calls)
-        outcomes = await self.agent.toolbox.run(calls, s.failures)
-        s.open_calls = None
-        for call, outcome in zip(calls, outcomes, strict=True):
-            content = self._shape(call, outcome.content)
-            await self._answer(record, call, outcome, content)
+        outcomes: list[ToolOutcome | None] = [None] * len(calls)
+        s.open_calls = (record, list(calls), outcomes)
+        await self.agent.toolbox.run(calls, s.failures, outcomes)
+        await self._answer_calls()
 
     async def _answer(
         self, record: StepRecord, call: dict[str, Any], outcome: ToolOutcome, content: str
@@ -429,16 +448,29 @@ class Run:
             )
         return content
 
-    async def _answer_open_calls(self, ending: Ending) -> None:
-        """Answer every call a stop left without a result, so the history stays valid."""
+    async def _answer_calls(self, stopped: Ending | None = None) -> None:
+        """Answer the running step's calls, each once, in call order: with its outcome, or
+        (after a stop) a note saying it has none. A call leaves the open list only when it
+        has its tool message, so nothing that fails on the way leaves one unanswered."""
         if self.state.open_calls is None:
             return
-        record, calls = self.state.open_calls
-        self.state.open_calls = None
-        why = ending.detail or ending.stop
+        record, calls, outcomes = self.state.open_calls
+        why = (stopped.detail or stopped.stop) if stopped is not None else ""
         note = f"Error: no result — the run stopped ({why}) before this call finished."
-        for call in calls:
-            await self._answer(record, call, ToolOutcome(note, False, "interrupted"), note)
+        while calls:
+            call, outcome = calls[0], outcomes[0]
+            if outcome is None:
+                outcome, content = ToolOutcome(note, False, "interrupted"), note
+            elif stopped is None:
+                content = self._shape(call, outcome.content)
+            else:  # the run is over: never let a failing strategy leave the call unanswered
+                try:
+                    content = self._shape(call, outcome.content)
+                except Exception:
+                    content = outcome.content
+            del calls[0], outcomes[0]
+            await self._answer(record, call, outcome, content)
+        self.state.open_calls = None
 
     # -- the final answer --------------------------------------------------------------------
     async def _final_answer(self, ending: Ending) -> Ending:
@@ -455,10 +487,9 @@ class Run:
             return Ending(ending.stop, f"no final answer: {blocked.detail}")
         try:
             outcome = await self._step(len(s.steps) + 1, max_tokens, final=True)
-        except BaseException:
+        finally:
             if s.messages[-1].get("role") == "user":
                 s.messages.pop()  # never leave the request for a final answer unanswered
-            raise
         if outcome.kind == "answer" and outcome.response.text.strip():
             s.output = outcome.response.text
             return Ending(ending.stop)
@@ -471,7 +502,7 @@ class Run:
 
     # -- context management ------------------------------------------------------------------
     async def _manage(self, number: int) -> None:
-        window = Window(self)
+        window = Window(self, number)
         for strategy in self.agent.context:
             window.call_usage = Usage()
             edit = await strategy.manage(window)
@@ -512,8 +543,9 @@ def _tool_message(call: dict[str, Any], content: str) -> Message:
 class Window:
     """The run's side of ``context.ContextWindow``."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, step: int) -> None:
         self._run = run
+        self.step = step  # the step the edit comes before
         self.messages = run.state.messages
         self.call_usage = Usage()
 
@@ -529,6 +561,7 @@ class Window:
             context_window=run.model.context_window,
             step_tokens=run.agent.step_tokens,
             floor=run.model.min_max_tokens,
+            final_prompt=run.final_prompt_tokens,
         )
 
     @property
@@ -555,12 +588,7 @@ class Window:
         if fitted is None:
             return ""  # no room for a summary within the limits
         request = ModelRequest(messages, specs, fitted, input_tokens=prompt)
-        assembler = Assembler()
-        async with aclosing(run.model.stream(request)) as deltas:
-            async for delta in deltas:
-                assembler.feed(delta)
-        response = assembler.finish()
-        run._book(response.usage)
+        response = await run.call_model(request, self.step, live=False)
         self.call_usage.add(response.usage)
         if response.finish_reason == "length":
             return ""  # a cut-off summary would silently lose the end of the findings

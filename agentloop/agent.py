@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -177,10 +177,17 @@ class RunStream:
         self._cancelled = False
         self._recorder = agent.telemetry.run(self._task_text)
         self._group: TaskGroup | None = None
-        self.result: RunResult | None = None
+        self._result: RunResult | None = None
         # A consumer that breaks out of ``async for`` without ``aclose()`` drops the last
         # reference: closing the receiving end then makes the run stop and release everything.
         weakref.finalize(self, self._receive.close)
+
+    @property
+    def result(self) -> RunResult | None:
+        """The run's result once it is over (also after a break, ``aclose`` or ``cancel``)."""
+        if self._result is None and self._driver is not None:
+            return self._driver.result
+        return self._result
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -209,8 +216,21 @@ class RunStream:
         task.add_done_callback(_DETACHED.discard)
 
     # -- consuming ---------------------------------------------------------------------------
-    def __aiter__(self) -> RunStream:
-        return self
+    def __aiter__(self) -> AsyncIterator[ev.Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[ev.Event]:
+        # A fresh generator per ``async for``: a consumer that breaks out drops it even while it
+        # keeps the stream itself, and its finalisation closes the channel, stopping the run.
+        try:
+            while True:
+                try:
+                    event = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self._receive.close()
 
     async def __anext__(self) -> ev.Event:
         if self._driver is None:
@@ -221,7 +241,7 @@ class RunStream:
             raise StopAsyncIteration from None
         self._recorder.on_event(event)
         if isinstance(event, ev.RunFinished):
-            self.result = event.result
+            self._result = event.result
         return event
 
     async def aclose(self) -> None:
@@ -232,8 +252,6 @@ class RunStream:
             driver.control.cancel()
             with anyio.CancelScope(shield=True):
                 await driver.finished.wait()
-            if self.result is None:
-                self.result = driver.result
 
     async def __aenter__(self) -> RunStream:
         self._group = anyio.create_task_group()

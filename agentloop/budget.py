@@ -114,17 +114,18 @@ class Spent:
 @dataclass(frozen=True, slots=True)
 class Room:
     """Output tokens the limits leave for one call, given its prompt: ``window`` is what the
-    model's context window leaves, ``budget`` what the run's budgets leave (``total_tokens``,
-    ``max_billed_tokens``, ``max_cost_usd``; None when none is set); ``binding`` names the
+    model's context window leaves, ``trajectory`` what ``total_tokens`` leaves, ``spend`` what
+    ``max_billed_tokens`` and ``max_cost_usd`` leave (None: not set); ``binding`` names the
     tightest limit."""
 
     window: int
-    budget: int | None
+    trajectory: int | None
+    spend: int | None
     binding: str
 
     @property
     def tokens(self) -> int:
-        return self.window if self.budget is None else min(self.window, self.budget)
+        return min(r for r in (self.window, self.trajectory, self.spend) if r is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,17 +157,21 @@ def room_for(
     prompt is priced uncached except ``cached_prefix``, the prefix the previous call reported
     as cached."""
     window = context_window - prompt
-    room, name = _budget_room(budget, prompt, spent, rate_card, cached_prefix)
-    binding = name if room is not None and room < window else "context_window"
-    return Room(window, room, binding)
+    trajectory = None if budget.total_tokens is None else budget.total_tokens - prompt
+    spend, spend_limit = _spend_room(budget, prompt, spent, rate_card, cached_prefix)
+    binding = "context_window"
+    tightest = window
+    if trajectory is not None and trajectory < tightest:
+        binding, tightest = "total_tokens", trajectory
+    if spend is not None and spend < tightest:
+        binding = spend_limit
+    return Room(window, trajectory, spend, binding)
 
 
-def _budget_room(
+def _spend_room(
     budget: Budget, prompt: int, spent: Spent, rate_card: RateCard | None, cached_prefix: int
 ) -> tuple[int | None, str]:
     rooms: list[tuple[int, str]] = []
-    if budget.total_tokens is not None:
-        rooms.append((budget.total_tokens - prompt, "total_tokens"))
     if budget.max_billed_tokens is not None:
         left = budget.max_billed_tokens - spent.billed_tokens - prompt
         rooms.append((left, "max_billed_tokens"))
@@ -202,19 +207,25 @@ def fit_call(
     spent: Spent = Spent(),
     rate_card: RateCard | None = None,
     cached_prefix: int = 0,
+    final_prompt: int = 0,
 ) -> Fit:
     """The ``max_tokens`` of the next call within every limit; the one place that decides it.
 
     Every call asks for at least ``floor`` (Kimi gives a thinking call 16,000 tokens whatever
-    it asks for). The model's window may shrink any call down to the floor, as every chat
-    client clamps ``max_tokens``. The budgets treat calls by ``kind``:
+    it asks for), and is shrunk to what the window and ``total_tokens`` leave, down to the
+    floor, as every chat client clamps ``max_tokens``. By ``kind``:
 
-    - ``"step"``: an ordinary step is sent only with its whole ``wanted`` budget, and (when the
-      run ends limits with a final answer, ``final_answer_on_limit``) only if, after its worst
-      case, a final answer at the floor would still fit: so the step the budgets stop is
-      followed by an answer, not by nothing.
-    - ``"final"`` and ``"extra"`` (the final answer; a length or empty-answer retry, a
-      summary): shrink to what the budgets leave, down to the floor.
+    - ``"step"``, an ordinary step: when the run ends limits with a final answer
+      (``final_answer_on_limit``), it leaves the floor of ``total_tokens`` for that answer; and
+      it is sent only with its whole ``wanted`` budget within the spend limits
+      (``max_billed_tokens``, ``max_cost_usd``), and only if a final answer at the floor would
+      still be affordable after its worst case. So a step the budgets stop is followed by an
+      answer rather than by nothing.
+    - ``"final"`` and ``"extra"`` (the final answer; a length or empty-answer retry; a
+      summary): shrunk to whatever every limit leaves, down to the floor.
+
+    ``final_prompt`` is what the request for a final answer adds to the prompt; the results of
+    the step's tool calls are not known beforehand and are not reserved for.
     """
     wanted = max(wanted, floor)
     room = room_for(
@@ -225,27 +236,38 @@ def fit_call(
         rate_card=rate_card,
         cached_prefix=cached_prefix,
     )
-    if kind == "step" and room.budget is not None:
-        if room.budget < wanted:
+    if kind != "step":
+        tokens = min(wanted, room.tokens)
+        return Fit(tokens if tokens >= floor else None, room)
+    reserve = floor + final_prompt if budget.final_answer_on_limit else 0
+    tokens = min(wanted, room.window)
+    if room.trajectory is not None:
+        tokens = min(tokens, room.trajectory - reserve)
+    if tokens < floor:
+        return Fit(None, room)
+    if room.spend is not None:
+        if room.spend < wanted:
             return Fit(None, room)
-        if budget.final_answer_on_limit:
-            tokens = min(wanted, room.window)
+        if reserve:
             worst = prompt_cost(rate_card, prompt, cached_prefix) if rate_card else 0.0
             if rate_card is not None:
                 worst += tokens * rate_card.output_per_m / 1_000_000
             after = Spent(spent.billed_tokens + prompt + tokens, spent.cost_usd + worst)
-            final, name = _budget_room(budget, prompt + tokens, after, rate_card, cached_prefix)
+            final, name = _spend_room(
+                budget, prompt + tokens + final_prompt, after, rate_card, cached_prefix
+            )
             if final is not None and final < floor:
-                return Fit(None, Room(room.window, final, name))
-    tokens = min(wanted, room.tokens)
-    return Fit(tokens if tokens >= floor else None, room)
+                return Fit(None, Room(room.window, room.trajectory, final, name))
+    return Fit(tokens, room)
 
 
-def context_line(budget: Budget, *, context_window: int, step_tokens: int, floor: int) -> int:
+def context_line(
+    budget: Budget, *, context_window: int, step_tokens: int, floor: int, final_prompt: int = 0
+) -> int:
     """The most a prompt may hold before context management must act: room for one full step
     in the window, and in ``total_tokens`` room for a final answer after it too."""
     line = context_window - step_tokens
     if budget.total_tokens is not None:
-        reserve = floor if budget.final_answer_on_limit else 0
+        reserve = floor + final_prompt if budget.final_answer_on_limit else 0
         line = min(line, budget.total_tokens - step_tokens - reserve)
     return line

@@ -320,11 +320,14 @@ class Toolbox:
         self.specs.extend(self.builtins.values())
 
     async def run(
-        self, calls: Sequence[dict[str, Any]], failures: dict[str, int]
-    ) -> list[ToolOutcome]:
-        """Run a step's calls concurrently; one outcome per call, in call order. ``failures``
-        counts each tool's failures in a row across the run."""
-        outcomes = [ToolOutcome("", False, "interrupted")] * len(calls)
+        self,
+        calls: Sequence[dict[str, Any]],
+        failures: dict[str, int],
+        outcomes: list[ToolOutcome | None],
+    ) -> None:
+        """Run a step's calls concurrently, putting each call's outcome at its index in
+        ``outcomes`` as it finishes (so a stop keeps the ones that did). ``failures`` counts
+        each tool's failures in a row across the run."""
 
         async def run_one(index: int) -> None:
             started = self.now()
@@ -338,7 +341,6 @@ class Toolbox:
             async with anyio.create_task_group() as group:
                 for index in range(len(calls)):
                     group.start_soon(run_one, index)
-        return outcomes
 
     async def _execute(self, call: dict[str, Any], failures: dict[str, int]) -> ToolOutcome:
         fn = call["function"]
@@ -370,16 +372,16 @@ class Toolbox:
         if problem is not None:
             return problem
         assert arguments is not None
-        try:
-            with anyio.fail_after(target.timeout_s):
+        with anyio.move_on_after(target.timeout_s) as timer:
+            try:
                 value = await target.invoke(arguments)
-        except TimeoutError:
+            except Exception as exc:  # its own failure (its own TimeoutError too) goes back
+                return ToolOutcome(
+                    f"Error: {target.name} raised {type(exc).__name__}: {exc}", False, "exception"
+                )
+        if timer.cancelled_caught:
             return ToolOutcome(
                 f"Error: {target.name} timed out after {target.timeout_s:g}s.", False, "timeout"
-            )
-        except Exception as exc:  # a tool's own failure goes back to the model
-            return ToolOutcome(
-                f"Error: {target.name} raised {type(exc).__name__}: {exc}", False, "exception"
             )
         limit = target.max_result_chars or self.max_result_chars
         return ToolOutcome(render_result(value, limit), True)

@@ -14,7 +14,7 @@ from agentloop.pricing import KIMI_K2_6, RateCard
 
 def test_the_window_leaves_what_the_prompt_does_not_use() -> None:
     room = room_for(Budget(), prompt=200_000, context_window=262_144)
-    assert room == Room(62_144, None, "context_window") and room.tokens == 62_144
+    assert room == Room(62_144, None, None, "context_window") and room.tokens == 62_144
 
 
 def test_total_tokens_is_the_trajectory_ceiling() -> None:
@@ -29,14 +29,14 @@ def test_billed_tokens_count_what_was_billed_before() -> None:
         context_window=262_144,
         spent=Spent(billed_tokens=60_000),
     )
-    assert room.budget == 10_000 and room.binding == "max_billed_tokens"
+    assert room.spend == 10_000 and room.binding == "max_billed_tokens"
 
 
 def test_cost_prices_the_prompt_uncached_and_the_output_in_full() -> None:
     card = RateCard(input_per_m=1.0, cached_input_per_m=0.1, output_per_m=10.0)
     # $1 left; a 100K prompt costs $0.10 uncached: $0.90 buys 90,000 output tokens
     room = room_for(Budget(max_cost_usd=1.0), prompt=100_000, context_window=10**9, rate_card=card)
-    assert room.budget == 89_999 and room.binding == "max_cost_usd"  # never a float rounding over
+    assert room.spend == 89_999 and room.binding == "max_cost_usd"  # never a float rounding over
     cached = room_for(
         Budget(max_cost_usd=1.0),
         prompt=100_000,
@@ -44,7 +44,7 @@ def test_cost_prices_the_prompt_uncached_and_the_output_in_full() -> None:
         rate_card=card,
         cached_prefix=100_000,
     )
-    assert cached.budget == 98_999  # the cached prefix at $0.1/M: $0.01
+    assert cached.spend == 98_999  # the cached prefix at $0.1/M: $0.01
 
 
 def fit(kind: str, budget: Budget, prompt: int, wanted: int, floor: int, **kw: Any) -> int | None:
@@ -70,6 +70,15 @@ def test_a_step_needs_its_whole_budget_and_room_for_a_final_answer_after() -> No
 def test_the_window_shrinks_any_call_down_to_the_floor() -> None:
     assert fit("step", Budget(), 242_144, 32_000, 16_000) == 20_000
     assert fit("step", Budget(), 250_000, 32_000, 16_000) is None
+
+
+def test_total_tokens_shrinks_a_step_and_keeps_a_final_answer_in_reach() -> None:
+    budget = Budget(total_tokens=100_000)
+    assert fit("step", budget, 60_000, 32_000, 16_000) == 24_000  # 16K left for an answer
+    assert fit("step", budget, 70_000, 32_000, 16_000) is None
+    assert fit("final", budget, 70_000, 32_000, 16_000) == 30_000
+    no_final = budget.with_(final_answer_on_limit=False)
+    assert fit("step", no_final, 70_000, 32_000, 16_000) == 30_000
 
 
 def test_every_call_asks_for_at_least_the_floor() -> None:
@@ -161,5 +170,9 @@ def test_a_fitted_call_never_exceeds_any_limit(
             + tokens * KIMI_K2_6.output_per_m
         ) / 1e6
         assert cost + worst <= cost_limit + 1e-12
-    if full and room.budget is not None:
-        assert tokens == min(max(wanted, floor), room.window)
+    if full:
+        reserve = floor if budget.final_answer_on_limit else 0
+        if total is not None:  # a step leaves the floor of total_tokens for a final answer
+            assert prompt + tokens + reserve <= total
+        if room.spend is not None:  # and is sent whole within the spend limits
+            assert tokens == min(max(wanted, floor), room.window, (room.trajectory or 10**9))
