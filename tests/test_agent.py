@@ -199,8 +199,16 @@ async def test_spans(sim_factory: SimFactory) -> None:
     assert "agentloop.limiter_wait_s" in chat.attributes and "agentloop.retries" in chat.attributes
     assert tool_span.attributes["gen_ai.tool.name"] == "lookup"
     assert chat.parent is not None and chat.parent.span_id == run.context.span_id
+    assert chat.attributes["gen_ai.provider.name"] == "moonshot"  # the model's own provider
     dump = json.dumps([dict(s.attributes or {}) for s in exporter.get_finished_spans()])
     assert "sk-sim" not in dump
+    # a streamed run feeds the same spans from the same events
+    exporter.clear()
+    async with Agent(model(sim), tools=[lookup]).stream("go") as run:
+        async for _ in run:
+            pass
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == ["chat kimi-k2.6", "chat kimi-k2.6", "execute_tool lookup", "invoke_agent"]
 
 
 async def test_retry_limit_oversized_results_and_raw_schema_tools(sim_factory: SimFactory) -> None:
