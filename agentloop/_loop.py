@@ -38,7 +38,7 @@ from .models.base import (
     TextDelta,
 )
 from .result import RunResult, StepRecord, StopReason, ToolCallRecord
-from .tools import ToolOutcome
+from .tools import MAX_ARGUMENT_CHARS, ToolOutcome, prepare_calls
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -290,9 +290,13 @@ class Run:
             if again is None:
                 break
             budget = again
+        calls: list[dict[str, Any]] = []
         if kind in ("glitch", "empty"):
             kind = "empty"
         else:
+            # the history keeps only what the API accepts and what can be answered: valid
+            # JSON arguments within the caps, unique non-empty ids (see tools.prepare_calls)
+            calls = prepare_calls(response.message, number)
             self._commit(response)
         record = StepRecord(
             number,
@@ -306,7 +310,7 @@ class Run:
         )
         self.state.steps.append(record)
         if kind == "tools":
-            await self._run_tools(number, response.tool_calls, record, final)
+            await self._run_tools(number, calls, record, final)
             if final:
                 kind = "answer"
         record.duration_s = self.clock.now() - began
@@ -400,7 +404,8 @@ class Run:
             return
         for call in calls:
             fn = call["function"]
-            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], fn["arguments"]))
+            shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
+            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown))
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         s.open_calls = (record, list(calls), outcomes)
         await self.agent.toolbox.run(calls, s.failures, outcomes)
@@ -412,14 +417,17 @@ class Run:
         """The one tool message of ``call``, its record and its event."""
         self.state.messages.append(_tool_message(call, content))
         fn = call["function"]
+        raw = fn["arguments"]
         record.tool_calls.append(
             ToolCallRecord(
                 call["id"],
                 fn["name"],
-                fn["arguments"],
+                raw[:MAX_ARGUMENT_CHARS],
                 outcome.ok,
                 outcome.error,
                 outcome.duration_s,
+                call.get("model_id"),
+                len(raw) if len(raw) > MAX_ARGUMENT_CHARS else None,
             )
         )
         await self.emit(
@@ -436,10 +444,11 @@ class Run:
 
     def _shape(self, call: dict[str, Any], content: str) -> str:
         fn = call["function"]
-        key = (fn["name"], fn["arguments"])
+        arguments = fn["arguments"][:MAX_ARGUMENT_CHARS]  # over the cap the call was refused
+        key = (fn["name"], arguments)
         repeats = self.state.repeats[key] = self.state.repeats.get(key, 0) + 1
         for strategy in self.agent.context:
-            content = strategy.shape_result(content, fn["name"], fn["arguments"])
+            content = strategy.shape_result(content, fn["name"], arguments)
         limit = self.agent.loop_limit
         if repeats == limit:
             content += (

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ._secret import redact
+
 
 class AgentloopError(Exception):
     """Base class of every error raised by agentloop."""
@@ -48,14 +50,18 @@ class APIError(AgentloopError):
     ) -> None:
         self.status = status
         self.error_type = error_type
-        self.message = message
+        self.message = redact(message)  # a server may echo the key in its error text
         self.request_id = request_id
         self.retry_after = retry_after
         self.hint = hint if hint is not None else self.default_hint
         super().__init__(self._render())
 
     def _render(self) -> str:
-        head = f"{self.status} {self.error_type}: " if self.status else ""
+        head = ""
+        if self.status:  # "HTTP 503: ..." when the server named no error type, never "None"
+            head = (
+                f"{self.status} {self.error_type}: " if self.error_type else f"HTTP {self.status}: "
+            )
         text = f"{head}{self.message}"
         if self.hint:
             text += f" — {self.hint}"
@@ -136,24 +142,64 @@ class APIConnectionError(APIError):
     retryable = True
 
 
+class NothingListeningError(APIConnectionError):
+    """The connection was refused: no server listens at the base URL's host and port."""
+
+    default_hint = "nothing is listening there: start the server, or fix base_url"
+
+
 class StreamInterruptedError(APIConnectionError):
     """A streamed response ended before its end marker, or carried a malformed event."""
 
 
-class RetriesExhaustedError(APIError):
-    """Every allowed attempt failed with a retryable error, or the call's time bound ran out."""
+class ProtocolError(StreamInterruptedError):
+    """A chunk or a response body was valid JSON of the wrong shape (a field missing where it
+    is needed, or of another type). Retried like a cut stream."""
 
-    def __init__(self, last: APIError, attempts: int, elapsed: float) -> None:
+
+class StreamStalledError(StreamInterruptedError):
+    """No data arrived within the first-byte or idle timeout (keep-alive comments do not
+    count). Retried like a cut stream, within ``RetryPolicy.max_total_s``."""
+
+
+class UnexpectedResponseError(APIError):
+    """A 200 whose body is neither an event stream nor JSON: a proxy's or captive portal's page
+    rather than the API. Not retried: the same address will answer the same way."""
+
+    default_hint = (
+        "base_url may point at a proxy or captive portal rather than the API; "
+        "check base_url and the network"
+    )
+
+    def _render(self) -> str:  # the message names the status itself
+        return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+class RetriesExhaustedError(APIError):
+    """Every allowed attempt failed with a retryable error, or the call's time bound ran out
+    (``reason`` says which, e.g. a stated wait longer than what is left)."""
+
+    def __init__(
+        self, last: APIError, attempts: int, elapsed: float, reason: str | None = None
+    ) -> None:
         self.last = last
         self.attempts = attempts
         self.elapsed = elapsed
+        self.reason = reason
+        why = f": {reason}" if reason else ""
+        hint = "raise RetryPolicy.max_attempts / max_total_s"
+        if isinstance(last, RateLimitError):
+            hint += ", or lower the request rate (the limiter's rpm/tpm/max_concurrency)"
         super().__init__(
-            f"gave up after {attempts} attempt(s) in {elapsed:.1f}s; last error: {last}",
+            f"gave up after {attempts} attempt(s) in {elapsed:.1f}s{why}; last error: {last}",
             status=last.status,
             error_type=last.error_type,
             request_id=last.request_id,
-            hint="raise RetryPolicy.max_attempts / max_total_s, or lower the request rate",
+            hint=hint,
         )
+
+    def _render(self) -> str:  # the last error's text carries its own status and type
+        return f"{self.message} — {self.hint}"
 
 
 _BY_TYPE: dict[str, type[APIError]] = {
@@ -199,7 +245,7 @@ def error_from_response(
         elif isinstance(err, str):
             message = err
     if not message:
-        message = f"HTTP {status}"
+        message = "(no error message)"
     cls = _BY_TYPE.get(error_type or "")
     if cls is None:
         cls = ServerError if status >= 500 else _BY_STATUS.get(status, APIError)

@@ -24,12 +24,16 @@ StopReason = Literal[
 
 @dataclass(slots=True)
 class ToolCallRecord:
-    call_id: str
+    call_id: str  # the id its tool message answers
     name: str
-    arguments: str
+    arguments: str  # the model's text as sent (its head, if over tools.MAX_ARGUMENT_CHARS)
     ok: bool
     error: str | None
     duration_s: float
+    # the model's own id, when it was empty or a duplicate and ``call_id`` replaced it
+    model_call_id: str | None = None
+    # the length of the model's text, when ``arguments`` holds only its head
+    arguments_chars: int | None = None
 
 
 @dataclass(slots=True)

@@ -29,7 +29,9 @@ import anyio
 import pydantic
 from jsonschema import Draft202012Validator
 
+from . import _json
 from .errors import ConfigurationError
+from .messages import Message
 from .models.base import AnyTool, BuiltinTool, ToolSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,9 +114,149 @@ class ToolOutcome:
 
     content: str
     ok: bool
-    error: str | None = None  # "invalid_json", "invalid_arguments", "unknown_tool", "timeout",
-    # "exception", "retry_limit", "interrupted"
+    error: str | None = None  # "invalid_json", "arguments_too_large", "invalid_arguments",
+    # "unknown_tool", "timeout", "exception", "retry_limit", "interrupted"
     duration_s: float = 0.0
+
+
+# -- argument text as the model sends it -----------------------------------------------------
+# Caps on one call's argument text: over either, the call is not run and the model is told why.
+MAX_ARGUMENT_CHARS = 100_000
+MAX_ARGUMENT_DEPTH = 64  # nested objects and arrays, the outermost object counting as 1
+_SHOWN_CHARS = 200  # how much of unparsable arguments the model is shown
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+class ArgumentsError(ValueError):
+    """Argument text that cannot be used: ``kind`` is the outcome's error code."""
+
+    def __init__(self, kind: str, reason: str, advice: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.advice = advice
+
+    def outcome(self, name: str) -> ToolOutcome:
+        return ToolOutcome(
+            f"Error: the arguments of {name} {self.reason}; the call was not run (the "
+            f"conversation keeps it with {{}} as its arguments). {self.advice}",
+            False,
+            self.kind,
+        )
+
+
+def _too_deep() -> ArgumentsError:
+    return ArgumentsError(
+        "arguments_too_large",
+        f"are nested more than {MAX_ARGUMENT_DEPTH} levels deep",
+        "Send flatter arguments.",
+    )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def load_arguments(raw: str) -> tuple[Any, bool]:
+    """Parse a call's argument text within the caps: (value, whether it was strict JSON).
+    Literal control characters inside strings (which Kimi emits) are accepted, as by
+    ``json.loads(strict=False)``; blank text is ``{}``. Raises ``ArgumentsError``."""
+    if len(raw) > MAX_ARGUMENT_CHARS:
+        raise ArgumentsError(
+            "arguments_too_large",
+            f"are {len(raw):,} characters long, over the limit of {MAX_ARGUMENT_CHARS:,}",
+            "Send smaller arguments, or split the work over several calls.",
+        )
+    if not raw.strip():
+        return {}, raw == ""
+    # Not orjson (the fast path of _json): it refuses control characters and turns integers
+    # past 64 bits into floats. The stdlib parser is exact and a few microseconds here.
+    try:
+        value = json.loads(raw, strict=False)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:
+        shown = raw
+        if len(raw) > _SHOWN_CHARS:
+            shown = f"{raw[:_SHOWN_CHARS]}… ({len(raw):,} characters)"
+        raise ArgumentsError(
+            "invalid_json",
+            f"are not valid JSON ({exc})",
+            f"You sent: {shown}. Send a JSON object matching the tool's parameters.",
+        ) from None
+    if isinstance(value, dict | list) and _deeper_than(value, MAX_ARGUMENT_DEPTH):
+        raise _too_deep()
+    strict = True
+    if _CONTROL.search(raw):  # legal between tokens, not inside strings
+        try:
+            json.loads(raw)
+        except ValueError:
+            strict = False
+    return value, strict
+
+
+def history_arguments(raw: str) -> str:
+    """The argument text to keep in the history for ``raw``: itself when it is a strict JSON
+    object within the caps (or empty), the same object as strict JSON when it only parsed
+    leniently, else ``"{}"`` — never text the API refuses (kimi-cli #1378, #2165)."""
+    try:
+        value, strict = load_arguments(raw)
+    except ArgumentsError:
+        return "{}"
+    if not isinstance(value, dict):
+        return "{}"
+    return raw if strict else _json.dumps(value).decode()
+
+
+def prepare_calls(message: Message, step: int) -> list[dict[str, Any]]:
+    """Fit the tool calls of the assistant ``message`` to be kept in the history (in place)
+    and return the calls to run, in the same order.
+
+    In the history, arguments become ``history_arguments``; an empty id, or one an earlier call
+    of the message already has, becomes ``call_<step>_<index>`` (``index`` counting from 0 in
+    the message; ``_2``, ``_3``… appended if the model sent that id itself), in the history and
+    in the calls to run alike, so each call can be answered exactly once. The calls to run keep
+    the model's argument text, so a tool error can say what was wrong, and carry the model's
+    own id as ``model_id`` when it was replaced."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        return []
+    taken = {call["id"] for call in calls if call["id"]}
+    seen: set[str] = set()
+    kept: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        fn = call["function"]
+        call_id = call["id"]
+        fresh = None
+        if not call_id or call_id in seen:
+            fresh = base = f"call_{step}_{index}"
+            n = 1
+            while fresh in taken:
+                n += 1
+                fresh = f"{base}_{n}"
+            taken.add(fresh)
+        seen.add(fresh or call_id)
+        arguments = history_arguments(fn["arguments"])
+        if fresh is None and arguments == fn["arguments"]:
+            kept.append(call)
+            run.append(call)
+            continue
+        kept.append({**call, "id": fresh or call_id, "function": {**fn, "arguments": arguments}})
+        runnable = {**call, "id": fresh or call_id}
+        if fresh is not None:
+            runnable["model_id"] = call_id
+        run.append(runnable)
+    message["tool_calls"] = kept
+    return run
 
 
 # Set inside a sync tool's worker thread (anyio copies the context into it); see stop_requested.
@@ -200,14 +342,9 @@ class Tool:
     def parse(self, raw: str) -> tuple[dict[str, Any] | None, ToolOutcome | None]:
         """Parse and validate raw argument text; on failure, the outcome to send back."""
         try:
-            arguments = json.loads(raw) if raw.strip() else {}
-        except ValueError as exc:
-            return None, ToolOutcome(
-                f"Error: the arguments of {self.name} are not valid JSON ({exc}). Send a JSON "
-                f"object matching the tool's parameters.",
-                False,
-                "invalid_json",
-            )
+            arguments, _ = load_arguments(raw)
+        except ArgumentsError as exc:
+            return None, exc.outcome(self.name)
         problems = self.validation_errors(arguments)
         if problems:
             return None, ToolOutcome(
@@ -346,7 +483,11 @@ class Toolbox:
         fn = call["function"]
         name = fn["name"]
         builtin = self.builtins.get(name)
-        if builtin is not None:
+        if builtin is not None:  # declared by the agent: the provider ran it
+            try:
+                load_arguments(fn["arguments"])
+            except ArgumentsError as exc:
+                return exc.outcome(name)
             return ToolOutcome(builtin.answer(fn["arguments"]), True)
         target = self.tools.get(name)
         if target is None:
@@ -405,10 +546,16 @@ def render_result(value: Any, limit: int | None) -> str:
 
 
 __all__ = [
+    "MAX_ARGUMENT_CHARS",
+    "MAX_ARGUMENT_DEPTH",
+    "ArgumentsError",
     "Tool",
     "ToolOutcome",
     "Toolbox",
+    "history_arguments",
+    "load_arguments",
     "parse_docstring",
+    "prepare_calls",
     "render_result",
     "stop_requested",
     "tool",

@@ -175,4 +175,5 @@ def test_a_fitted_call_never_exceeds_any_limit(
         if total is not None:  # a step leaves the floor of total_tokens for a final answer
             assert prompt + tokens + reserve <= total
         if room.spend is not None:  # and is sent whole within the spend limits
-            assert tokens == min(max(wanted, floor), room.window, (room.trajectory or 10**9))
+            trajectory = 10**9 if room.trajectory is None else room.trajectory - reserve
+            assert tokens == min(max(wanted, floor), room.window, trajectory)

@@ -15,7 +15,8 @@ from .conftest import SHARED
 
 WALLE = SHARED / "conformance" / "walle"
 # The vectors come from walle's test-suite, which runs with a deeper enum cap and a smaller depth
-# cap than the service defaults; the checker takes the same limits.
+# cap than the service defaults, at its "test" level (ultra's rules); the checker takes the same
+# limits and level. Per-level vectors live in test_conformance.py.
 SUITE_LIMITS = mfjs.Limits(
     max_depth=5, max_enum_items=1000, max_schema_size=100_000, max_enum_string_length=75_000
 )
@@ -40,13 +41,13 @@ def test_vector_count() -> None:
 
 @pytest.mark.parametrize(("name", "line"), VALID, ids=[n for n, _ in VALID])
 def test_accepts_valid(name: str, line: str) -> None:
-    assert mfjs.check(line, SUITE_LIMITS) == []
+    assert mfjs.check(line, SUITE_LIMITS, level="ultra") == []
 
 
 @pytest.mark.parametrize(("name", "line"), INVALID, ids=[n for n, _ in INVALID])
 def test_rejects_invalid_naming_the_problem(name: str, line: str) -> None:
     case = json.loads(line)
-    problems = mfjs.check(case["schema"], SUITE_LIMITS)
+    problems = mfjs.check(case["schema"], SUITE_LIMITS, level="ultra")
     assert problems, "accepted an invalid schema"
     assert any(case["expect"] in p for p in problems), problems
 
@@ -73,7 +74,7 @@ class Order(BaseModel):
 
 def test_pydantic_schema_is_invalid_raw_and_valid_normalised() -> None:
     raw = Order.model_json_schema()
-    assert mfjs.check(raw), "pydantic output was expected to carry titles etc."
+    assert mfjs.check(raw, level="ultra"), "pydantic output was expected to carry titles etc."
     normalised = mfjs.normalise(raw)
     assert mfjs.check(normalised) == []
     text = json.dumps(normalised)
@@ -99,6 +100,78 @@ def test_normalise_fills_types_and_moves_siblings() -> None:
     assert mfjs.check(out) == []
     assert out["properties"]["a"]["type"] == "integer"
     assert out["properties"]["b"]["type"] == "object"
-    assert "default" not in out["properties"]["c"]
+    # a default beside anyOf is kept: the API (walle strict) takes it, only ultra refuses it
+    assert out["properties"]["c"]["default"] is None
+    assert mfjs.check(out, level="ultra") == [
+        "keyword 'default' is not allowed at the same level as anyOf at /properties/c"
+    ]
     assert out["properties"]["d"] == {"enum": ["k"], "type": "string"}
+    out["properties"]["c"]["default"] = "changed"
     assert schema["properties"]["c"]["default"] is None  # input untouched
+
+
+def test_check_levels_and_unknown_level() -> None:
+    schema = {"type": "object", "properties": {"required": {"type": "string"}}}
+    assert mfjs.check(schema, level="lite") == []
+    assert mfjs.check(schema) == mfjs.check(schema, level="strict") != []  # strict by default
+    assert mfjs.check({"type": "bogus"}, level="loose") == []
+    with pytest.raises(ValueError, match="unknown level"):
+        mfjs.check(schema, level="ultraviolet")
+
+
+class Place(BaseModel):
+    """A place on a map."""
+
+    name: str
+    near: Place | None = None
+
+
+class Trip(BaseModel):
+    """A trip."""
+
+    start: Place = Field(description="where the trip starts")
+    end: Place | None = Field(default=None, description="where it ends")
+
+
+def test_described_ref_to_described_model_is_inlined_with_both_descriptions() -> None:
+    out = mfjs.normalise(Trip.model_json_schema())
+    for level in ("lite", "strict"):
+        assert mfjs.check(out, level=level) == []
+    # inlined: no description beside a $ref whose target has one, at any level
+    assert [p for p in mfjs.check(out, level="ultra") if "conflicting" in p] == []
+    start = out["properties"]["start"]
+    assert "$ref" not in start and start["type"] == "object"
+    assert start["description"] == "where the trip starts\n\nA place on a map."
+    # the recursive field stays a reference, so the definition stays
+    assert start["properties"]["near"]["anyOf"][0] == {"$ref": "#/$defs/Place"}
+    assert set(out["$defs"]) == {"Place"}
+    # an Optional reference has nothing to merge: its description stands beside anyOf
+    end = out["properties"]["end"]
+    assert end["anyOf"][0] == {"$ref": "#/$defs/Place"} and end["default"] is None
+
+
+def test_inlining_drops_definitions_nothing_refers_to() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/A", "description": "the a"}},
+        "$defs": {
+            "A": {
+                "type": "object",
+                "description": "An A.",
+                "properties": {"b": {"$ref": "#/$defs/B"}},
+            },
+            "B": {"type": "string", "description": "A B."},
+        },
+    }
+    out = mfjs.normalise(schema)
+    assert out["properties"]["a"]["description"] == "the a\n\nAn A."
+    assert set(out["$defs"]) == {"B"}  # A is inlined; B is still referred to
+    same = mfjs.normalise(
+        {
+            "type": "object",
+            "properties": {"a": {"$ref": "#/$defs/A", "description": "An A."}},
+            "$defs": {"A": {"type": "string", "description": "An A."}},
+        }
+    )
+    assert same["properties"]["a"] == {"type": "string", "description": "An A."}
+    assert "$defs" not in same

@@ -75,6 +75,8 @@ class KimiModel(OpenAIModel):
         tpm: int | None = None,
         max_concurrency: int | None = None,
         prompt_cache_key: str | None = None,
+        idle_timeout: float | None = 90.0,
+        first_byte_timeout: float | None = 180.0,
         **kwargs: Any,
     ) -> None:
         if thinking:
@@ -105,6 +107,10 @@ class KimiModel(OpenAIModel):
         self.top_p = top_p
         self.prompt_cache_key = prompt_cache_key
         self.min_max_tokens = self.thinking_floor if thinking else 1
+        # Kimi streams from its first token: a gap of 90 s between data events is a stall, and
+        # 180 s covers time to first token on a full 256K window under load
+        self.idle_timeout = idle_timeout
+        self.first_byte_timeout = first_byte_timeout
 
     def _missing_key_message(self) -> str:
         return (
@@ -166,20 +172,37 @@ class KimiModel(OpenAIModel):
         return max(1, min(wanted, room))
 
     def outgoing_messages(self, messages: Sequence[Message], thinking: bool) -> list[Message]:
+        """The history as Kimi takes it; the caller's messages are never mutated.
+
+        - An assistant message gets ``reasoning_content: ""`` when it has none (thinking on)
+          and ``content: ""`` for a missing content (contract items 10, 11).
+        - An empty text part (``{"type": "text", "text": ""}``) is dropped from any message's
+          content list, mixed with other parts or not: the API answers it with 400 ``text
+          content is empty`` (contract item 11). The contract states that 400 of the part, not
+          of a role, and the seeds send user content as the same part lists (seed 004), so user
+          (and system, tool) messages are treated alike and the simulator rejects the part in
+          every role. A list left with no parts is sent as ``""``, the form item 11 gives for
+          no text. The rewrite is the same on every request, so cached prefixes still match.
+        """
+
+        def empty_text(part: Any) -> bool:
+            return isinstance(part, dict) and part.get("type") == "text" and not part.get("text")
+
         out: list[Message] | None = None
         for index, message in enumerate(messages):
-            if message.get("role") != "assistant":
-                continue
+            role = message.get("role")
             fixed = message
-            if thinking and "reasoning_content" not in message:
-                # A missing field is a 400 with thinking on; "" is valid and keeps the prefix.
-                fixed = {**fixed, "reasoning_content": ""}
-            content = fixed.get("content")
-            if content is None or (
-                isinstance(content, list)
-                and all(p.get("type") == "text" and not p.get("text") for p in content)
-            ):
-                fixed = {**fixed, "content": ""}
+            content = message.get("content")
+            if isinstance(content, list):
+                parts = [p for p in content if not empty_text(p)]
+                if len(parts) != len(content) or (not parts and role == "assistant"):
+                    fixed = {**fixed, "content": parts or ""}
+            if role == "assistant":
+                if thinking and "reasoning_content" not in message:
+                    # A missing field is a 400 with thinking on; "" is valid and keeps the prefix.
+                    fixed = {**fixed, "reasoning_content": ""}
+                if fixed.get("content") is None:
+                    fixed = {**fixed, "content": ""}
             if fixed is not message:
                 if out is None:
                     out = list(messages)

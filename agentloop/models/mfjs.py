@@ -2,14 +2,29 @@
 
 Kimi accepts a subset of JSON Schema as a tool's ``parameters``. ``check`` returns the list of
 problems the API would reject a schema for (empty when it is accepted); ``normalise`` rewrites
-an ordinary JSON Schema (pydantic's output, say) into MFJS: it strips the keywords the API does
-not take (``title``, ``format``, ``$comment``, ``exclusiveMinimum`` ...), turns ``const`` into a
-one-value ``enum``, infers missing ``type``s and moves keywords that may not sit beside
-``anyOf``/``$ref``. The rules follow Moonshot's published validator test vectors
+an ordinary JSON Schema (pydantic's output, say) into MFJS: it strips the keywords MFJS does not
+define (``title``, ``format``, ``$comment``, ``exclusiveMinimum`` ...), turns ``const`` into a
+one-value ``enum``, infers missing ``type``s, drops keywords other than ``description`` and
+``default`` beside ``anyOf``/``$ref``, and inlines a ``$ref`` whose siblings repeat its target's
+keywords. The rules follow Moonshot's validator, walle, and its published test vectors
 (``shared/conformance/walle``), which the test-suite runs in full.
 
 The simulator uses ``check`` to reject tools the way the real API does; the Kimi client uses
 ``normalise`` + ``check`` before sending, so a bad schema fails locally with a clear message.
+
+Validation levels. walle (MoonshotAI/walle, commit 196bb0c) validates at one of four levels:
+``ultra`` (its ``default``; also the level its own test vectors run at), ``strict``, ``lite`` and
+``loose`` (no checks). ``check`` takes the level; the default is ``strict`` because that is the
+level the Kimi API enforces: walle's README describes ``strict`` as "the most permissive level
+required by Moonshot AI server", its CLI validates at ``strict`` unless told otherwise, and its
+Python example passes ``"validateLevel": "strict"``. ``ultra`` alone adds the "harmless" rules:
+unsupported keywords, keywords per type and their ranges, nothing but ``description``/``title``
+beside ``anyOf``/``$ref`` (so a ``default`` there passes at ``strict``), duplicates, and
+``description``/``title`` given both beside a ``$ref`` and in its target (walle 97488ae; the
+server answered that conflict with a 400 before, kimi-cli #1903). ``lite`` further drops the
+reserved property names and the keyword rule for type arrays. The vectors in
+``shared/conformance/walle`` are ``ultra`` cases; ``tests/test_conformance.py`` holds
+per-level ones.
 """
 
 from __future__ import annotations
@@ -59,6 +74,8 @@ ALLOWED_BY_TYPE: dict[str, frozenset[str]] = {
     "null": COMMON | {"type", "enum", "default"},
 }
 RESERVED_PROPERTY_NAMES = frozenset({"$defs", "$ref", "anyOf", "required", "additionalProperties"})
+LEVELS = {"lite": 1, "strict": 2, "ultra": 3}
+SERVER_LEVEL = "strict"  # what the Kimi API enforces (see the module docstring for the evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +114,15 @@ def parse(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-def check(schema: Any, limits: Limits = DEFAULT_LIMITS) -> list[str]:
-    """Every reason the Kimi API would reject ``schema`` (a dict, or JSON text); [] if accepted."""
+def check(schema: Any, limits: Limits = DEFAULT_LIMITS, *, level: str = SERVER_LEVEL) -> list[str]:
+    """Every reason the Kimi API would reject ``schema`` (a dict, or JSON text); [] if accepted.
+
+    ``level`` is walle's validation level: ``"strict"`` (the API's, the default), ``"lite"``,
+    ``"ultra"`` (walle's default and its test vectors' level) or ``"loose"`` (accepts all)."""
+    if level == "loose":
+        return []
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}: use lite, strict, ultra or loose")
     if isinstance(schema, (str, bytes)):
         try:
             schema = parse(schema if isinstance(schema, str) else schema.decode())
@@ -110,7 +134,7 @@ def check(schema: Any, limits: Limits = DEFAULT_LIMITS) -> list[str]:
         return ["schema must be a dict"]
     if not schema:
         return []
-    return _Checker(schema, limits).run()
+    return _Checker(schema, limits, LEVELS[level]).run()
 
 
 def _is_number(value: Any) -> bool:
@@ -122,9 +146,11 @@ def _is_integral(value: Any) -> bool:
 
 
 class _Checker:
-    def __init__(self, root: dict[str, Any], limits: Limits) -> None:
+    def __init__(self, root: dict[str, Any], limits: Limits, level: int) -> None:
         self.root = root
         self.limits = limits
+        self.ultra = level >= LEVELS["ultra"]
+        self.strict = level >= LEVELS["strict"]
         self.problems: list[str] = []
         self.refs: set[str] = set()
         self.total_properties = 0
@@ -155,14 +181,14 @@ class _Checker:
             return depth
         max_depth = depth
         unsupported = sorted(k for k in schema if k not in SUPPORTED)
-        if unsupported:
+        if unsupported and self.ultra:
             self.fail(path, f"unsupported keywords: {', '.join(unsupported)}")
-        if not is_root:
+        if not is_root and self.ultra:
             for key in sorted(ROOT_ONLY & schema.keys()):
-                if "type" in schema or key == "$defs":
+                if "type" in schema:
                     self.fail(path, f"keyword {key} must be at root level")
-        if is_root and "$defs" in schema:
-            max_depth = max(max_depth, self.defs(schema["$defs"], depth))
+        if "$defs" in schema:  # walle walks $defs wherever they stand
+            max_depth = max(max_depth, self.defs(schema["$defs"], path, depth))
         self.type_and_keywords(schema, path, is_root)
         for key in sorted(schema):
             self.keyword(key, schema[key], schema, path, is_root)
@@ -196,14 +222,14 @@ class _Checker:
                     max_depth = max(max_depth, self.node(sub, f"{path}/anyOf/{i}", depth))
         return max_depth
 
-    def defs(self, defs: Any, depth: int) -> int:
+    def defs(self, defs: Any, path: str, depth: int) -> int:
         if not isinstance(defs, dict):
             return depth  # reported by the $defs keyword check
         max_depth = depth
         for name in sorted(defs):
             sub = defs[name]
             if isinstance(sub, dict):
-                max_depth = max(max_depth, self.node(sub, f"/$defs/{name}", depth))
+                max_depth = max(max_depth, self.node(sub, f"{path}/$defs/{name}", depth))
         return max_depth
 
     def type_and_keywords(self, schema: dict[str, Any], path: str, is_root: bool) -> None:
@@ -235,7 +261,7 @@ class _Checker:
                 self.fail(path, "invalid type in type array")
                 return
             types = list(raw)
-            if len(set(types)) != len(types):
+            if len(set(types)) != len(types) and self.ultra:
                 self.fail(path, "duplicate types in type array")
         else:
             self.fail(path, "type must be string or array of strings")
@@ -249,7 +275,7 @@ class _Checker:
                         self.fail(path, f"type {t} is not allowed in combination with enum")
                         return
                 allowed_enum = len(types) == 2
-            if not allowed_enum:
+            if not allowed_enum and self.strict:
                 for key in sorted(schema):
                     if key == "type" or key in COMMON or (is_root and key in ROOT_ONLY):
                         continue
@@ -257,18 +283,22 @@ class _Checker:
                         path, f"keyword {key} is not allowed in combination with multiple types"
                     )
                     return
-        allowed = ALLOWED_BY_TYPE[types[0]] | (ROOT_ONLY if is_root else frozenset())
-        if types[0] == "string":
-            self.range(schema, path, "minLength", "maxLength", integer=True, non_negative=True)
-        elif types[0] == "array":
-            self.range(schema, path, "minItems", "maxItems", integer=True, non_negative=True)
-        elif types[0] in ("number", "integer"):
-            self.range(
-                schema, path, "minimum", "maximum", integer="integer" in types, non_negative=False
-            )
+        if not self.ultra:
+            return  # keywords per type and their ranges are checked at ultra only
+        # the keywords every listed type allows
+        allowed = frozenset.intersection(*(ALLOWED_BY_TYPE[t] for t in types))
+        allowed |= ROOT_ONLY if is_root else frozenset()
         invalid = [k for k in schema if k not in allowed]
         if invalid:
             self.fail(path, f"invalid keywords: {', '.join(invalid)}")
+        if "minLength" in allowed:
+            self.range(schema, path, "minLength", "maxLength", integer=True, non_negative=True)
+        if "minItems" in allowed:
+            self.range(schema, path, "minItems", "maxItems", integer=True, non_negative=True)
+        if "minimum" in allowed:
+            self.range(
+                schema, path, "minimum", "maximum", integer="integer" in types, non_negative=False
+            )
 
     def range(
         self,
@@ -314,9 +344,9 @@ class _Checker:
                 self.fail(kpath, "properties must be an object")
                 return
             for name, sub in value.items():
-                if name == "":
+                if name == "" and self.ultra:
                     self.fail(kpath, "property name cannot be empty")
-                elif name in RESERVED_PROPERTY_NAMES:
+                elif name in RESERVED_PROPERTY_NAMES and self.strict:
                     self.fail(kpath, f"property name '{name}' is reserved for JSON Schema keywords")
                 if not isinstance(sub, dict):
                     self.fail(kpath, f"property schema for '{name}' must be an object")
@@ -354,19 +384,22 @@ class _Checker:
         if not all(isinstance(v, str) for v in value):
             self.fail(path, "items in required array must be strings")
             return
-        if "" in value:
-            self.fail(path, "property names in required array cannot be empty")
-            return
-        if len(set(value)) != len(value):
-            self.fail(path, "duplicate items in required array")
-        typ = schema.get("type")
-        if typ != "object" and typ != ["object"]:
-            self.fail(path, "required keyword must be used with object")
-            return
         props = schema.get("properties")
+        if self.ultra:
+            if "" in value:
+                self.fail(path, "property names in required array cannot be empty")
+                return
+            if len(set(value)) != len(value):
+                self.fail(path, "duplicate items in required array")
+            typ = schema.get("type")
+            if typ != "object" and typ != ["object"]:
+                self.fail(path, "required keyword must be used with object")
+                return
+            if not isinstance(props, dict):
+                self.fail(path, "required specified but 'properties' keyword is missing")
+                return
         if not isinstance(props, dict):
-            self.fail(path, "required specified but 'properties' keyword is missing")
-            return
+            props = {}  # below ultra, a required name without properties is simply undefined
         for name in value:
             if name not in props:
                 self.fail(path, f"required property '{name}' is not defined in properties")
@@ -443,6 +476,8 @@ class _Checker:
         return isinstance(value, dict)
 
     def siblings(self, schema: dict[str, Any], own: str, path: str, is_root: bool) -> None:
+        if not self.ultra:
+            return  # below ultra anything may stand beside anyOf/$ref (a default, say)
         for key in sorted(schema):
             if key == own or key in COMMON or (is_root and key in ROOT_ONLY):
                 continue
@@ -485,10 +520,12 @@ class _Checker:
         branches = schema.get("anyOf")
         if not isinstance(branches, list):
             return
-        outer = {k for k in schema if k != "anyOf" and k not in COMMON}
+        # description/title on both sides clash at ultra only (walle 97488ae)
+        exempt = frozenset() if self.ultra else COMMON
+        outer = {k for k in schema if k != "anyOf" and k not in exempt}
         for branch in branches:
             if isinstance(branch, dict):
-                clash = sorted(outer & {k for k in branch if k not in COMMON})
+                clash = sorted(outer & {k for k in branch if k not in exempt})
                 if clash:
                     self.fail(
                         path, "conflicting keywords found in anyOf with parent: " + ", ".join(clash)
@@ -586,8 +623,13 @@ class _Checker:
         return not schema
 
     def walk_refs(self, schema: dict[str, Any], needs_termination: bool, path: str) -> None:
+        if "$ref" in schema and not isinstance(schema["$ref"], str):
+            # walle walks a properties object like a schema, so a property named "$ref"
+            # fails here even at lite, where reserved names are otherwise allowed
+            self.fail(f"{path}/$ref", "$ref must be a string")
+            return
         if isinstance(schema.get("$ref"), str):
-            expanded = self.expand(schema)
+            expanded = self.expand(schema, path)
             if expanded is not None:
                 self.ref_context(schema, expanded, path)
                 if needs_termination and not self.terminates(expanded, set()):
@@ -612,8 +654,9 @@ class _Checker:
                     if isinstance(item, dict):
                         self.walk_refs(item, needs_termination, f"{path}/anyOf/{i}")
 
-    def expand(self, schema: dict[str, Any]) -> dict[str, Any] | None:
-        """Follow a chain of pure ``$ref`` schemas; keep the annotations met on the way."""
+    def expand(self, schema: dict[str, Any], path: str) -> dict[str, Any] | None:
+        """Follow a chain of pure ``$ref`` schemas; keep the annotations met on the way (the
+        outermost wins; at ultra an annotation met twice on the way is a conflict)."""
         seen = {schema["$ref"]}
         current = self.resolve(schema["$ref"])
         if current is None:
@@ -632,14 +675,23 @@ class _Checker:
                 return None
             for k in current:
                 if k in COMMON:
+                    if k in kept and self.ultra:
+                        self.fail(
+                            path,
+                            f"conflicting keywords found after $ref expansion: keyword '{k}' "
+                            "appears at multiple levels in a chained $ref",
+                        )
+                        return None
                     kept.setdefault(k, current[k])
             current = dict(target)
         current.update(kept)
         return current
 
     def ref_context(self, parent: dict[str, Any], expanded: dict[str, Any], path: str) -> None:
+        # description/title beside the $ref and in its target clash at ultra only (walle 97488ae)
+        exempt = frozenset() if self.ultra else COMMON
         outer = {k for k in parent if k != "$ref"}
-        clash = sorted(outer & expanded.keys())
+        clash = sorted((outer & expanded.keys()) - exempt)
         if clash:
             self.fail(path, "conflicting keywords found after $ref expansion: " + ", ".join(clash))
             return
@@ -649,6 +701,19 @@ class _Checker:
                 "invalid schema after $ref expansion: when using anyOf, type should "
                 "be defined in anyOf items instead of the parent schema",
             )
+            return
+        branches = expanded.get("anyOf")
+        if isinstance(branches, list):
+            for branch in branches:
+                if isinstance(branch, dict):
+                    clash = sorted((outer & branch.keys()) - exempt - {"anyOf"})
+                    if clash:
+                        self.fail(
+                            path,
+                            "conflicting keywords found in anyOf after ref expansion: "
+                            + ", ".join(clash),
+                        )
+                        return
 
 
 def _keys_with_slash(node: Any) -> Iterator[str]:
@@ -740,11 +805,104 @@ def _enum_type(values: list[Any]) -> str | None:
 
 
 def normalise(schema: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite a JSON Schema object into MFJS; the input is not modified."""
+    """Rewrite a JSON Schema object into MFJS; the input is not modified.
+
+    The result is meant for ``check`` at the API's level (``strict``): it keeps a ``default``
+    beside ``anyOf``/``$ref`` (accepted there, rejected only at ``ultra``), so the model still
+    sees every default the tool declares, and it leaves no keyword both beside a ``$ref`` and in
+    its target (see ``_merge_ref_siblings``)."""
     out = _norm(copy.deepcopy(schema), is_root=True)
     if out.get("type") == "object" and "properties" not in out and "required" in out:
         out.pop("required")
+    _merge_ref_siblings(out)
     return out
+
+
+def _merge_ref_siblings(root: dict[str, Any]) -> None:
+    """Inline each ``$ref`` whose siblings repeat a keyword of its target.
+
+    pydantic writes a documented model parameter as ``{"$ref": ..., "description": <the
+    parameter's>}`` while the model's ``$defs`` entry carries the class docstring. walle rejects
+    that pair at ``ultra``, and so did the API until walle 97488ae (kimi-cli #1903, #2061:
+    "conflicting keywords found after $ref expansion: description"). The site becomes a copy of
+    its target with the site's keywords on top; two different descriptions are combined, the
+    parameter's first (it says what this argument is for, the class docstring what the type
+    is), so the model reads everything it would have read beside the reference. Only the tree
+    outside ``$defs`` is rewritten, the part walle checks references in (a model's own fields
+    stay references inside its definition); a target being inlined already (a recursive model)
+    keeps its reference. Definitions nothing refers to any more are dropped.
+    """
+    defs = root.get("$defs")
+    if not isinstance(defs, dict):
+        return
+    inlined = False
+
+    def resolve(ref: str) -> dict[str, Any] | None:
+        target = defs.get(ref[len("#/$defs/") :]) if ref.startswith("#/$defs/") else None
+        return target if isinstance(target, dict) else None
+
+    def visit(node: dict[str, Any], stack: frozenset[str]) -> None:
+        nonlocal inlined
+        ref = node.get("$ref")
+        target = resolve(ref) if isinstance(ref, str) and ref not in stack else None
+        if isinstance(ref, str) and target is not None and node is not root:
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            if siblings.keys() & target.keys():
+                merged = copy.deepcopy(target)
+                for key, value in siblings.items():
+                    old = merged.get(key)
+                    if key == "description" and isinstance(old, str) and old and old != value:
+                        merged[key] = f"{value}\n\n{old}"
+                    else:
+                        merged[key] = value
+                node.clear()
+                node.update(merged)
+                inlined = True
+                visit(node, stack | {ref})  # the copy's own fields are now outside $defs
+                return
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for sub in props.values():
+                if isinstance(sub, dict):
+                    visit(sub, stack)
+        for key in ("items", "additionalProperties"):
+            sub = node.get(key)
+            if isinstance(sub, dict):
+                visit(sub, stack)
+        branches = node.get("anyOf")
+        if isinstance(branches, list):
+            for branch in branches:
+                if isinstance(branch, dict):
+                    visit(branch, stack)
+
+    visit(root, frozenset())
+    if inlined:
+        used: set[str] = set()
+        _collect_refs({k: v for k, v in root.items() if k != "$defs"}, used)
+        todo = list(used)
+        while todo:
+            found: set[str] = set()
+            _collect_refs(defs.get(todo.pop()), found)
+            todo += found - used
+            used |= found
+        kept = {k: v for k, v in defs.items() if k in used}
+        if kept:
+            root["$defs"] = kept
+        else:
+            root.pop("$defs")
+
+
+def _collect_refs(node: Any, names: set[str]) -> None:
+    """The ``$defs`` names that ``node`` refers to."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            names.add(ref[len("#/$defs/") :])
+        for value in node.values():
+            _collect_refs(value, names)
+    elif isinstance(node, list):
+        for item in node:
+            _collect_refs(item, names)
 
 
 def _norm(node: dict[str, Any], *, is_root: bool = False) -> dict[str, Any]:
@@ -777,12 +935,15 @@ def _norm(node: dict[str, Any], *, is_root: bool = False) -> dict[str, Any]:
     if is_root and isinstance(defs, dict):
         node["$defs"] = {k: _norm(v) if isinstance(v, dict) else v for k, v in defs.items()}
 
-    # Keywords that may only stand beside anyOf/$ref as annotations: keep the description,
-    # drop the rest (a default beside anyOf, say); validation of arguments uses the original.
+    # Beside anyOf/$ref keep the annotations: the description and the default (the API takes a
+    # default there, walle's strict level; only ultra refuses it); drop the rest, which would
+    # clash with the branches or the target. Validation of arguments uses the original schema.
     for own in ("anyOf", "$ref"):
         if own in node:
             for key in list(node):
-                if key not in (own, "description") and not (is_root and key in ROOT_ONLY):
+                if key not in (own, "description", "default") and not (
+                    is_root and key in ROOT_ONLY
+                ):
                     node.pop(key)
             break
     if "type" not in node and "anyOf" not in node and "$ref" not in node:

@@ -8,18 +8,29 @@ quirks live in subclasses that override ``build_body`` (see ``kimi.py``).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import json
+import math
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
+import anyio
+
 from .. import _json
+from .._secret import Secret, SecretHeaders
 from ..clock import DEFAULT_CLOCK, Clock
 from ..errors import (
     APIError,
     ConfigurationError,
+    NothingListeningError,
+    ProtocolError,
     RetriesExhaustedError,
     StreamInterruptedError,
+    StreamStalledError,
+    UnexpectedResponseError,
     error_from_response,
 )
 from ..limits import Permit, RateLimiter, shared_limiter
@@ -37,7 +48,7 @@ from .base import (
     UsageDelta,
 )
 from .stream import DONE, SSEDecoder, chunk_deltas, message_deltas, parse_chunk
-from .transport import Httpx2Transport, Transport
+from .transport import Httpx2Transport, RawResponse, Transport
 
 _UNSET: Any = object()
 
@@ -94,9 +105,11 @@ class OpenAIModel:
         require_key: bool = False,
     ) -> None:
         self.name = model
-        self._api_key = api_key if api_key is not None else os.environ.get(self.api_key_env)
-        if require_key and not self._api_key:
+        key = api_key if api_key is not None else os.environ.get(self.api_key_env)
+        if require_key and not key:
             raise ConfigurationError(self._missing_key_message())
+        # never a plain string on the model: tracebacks with locals and debuggers show reprs
+        self._api_key = Secret(key) if key else None
         self.base_url = (
             base_url or os.environ.get(self.base_url_env) or self.default_base_url
         ).rstrip("/")
@@ -113,7 +126,7 @@ class OpenAIModel:
             limiter = (
                 shared_limiter(
                     self.base_url,
-                    self._api_key,
+                    self._api_key.reveal() if self._api_key else None,
                     rpm=rpm,
                     tpm=tpm,
                     max_concurrency=max_concurrency,
@@ -128,9 +141,9 @@ class OpenAIModel:
         )
         self._owns_transport = transport is None
         self._url = f"{self.base_url}/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if self._api_key:
-            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._headers = SecretHeaders(
+            {"Content-Type": "application/json", "Accept": "text/event-stream"}, self._api_key
+        )
         self._tool_cache: dict[int, tuple[AnyTool, dict[str, Any]]] = {}
         self._tool_tokens: dict[int, tuple[AnyTool, int]] = {}
 
@@ -215,6 +228,24 @@ class OpenAIModel:
         return total
 
     # -- the call --------------------------------------------------------------------------
+    # How long an attempt waits for the server (wall-clock seconds; None: no bound of its
+    # own). Data events count; SSE comments do not. KimiModel takes both as arguments.
+    idle_timeout: float | None = 300.0  # between two data events
+    first_byte_timeout: float | None = 300.0  # from sending the request to the first data
+    # A server that sends nothing until the whole generation is done (always so for
+    # stream=False) gets first_byte_timeout + max_tokens / generation_tokens_per_s for its
+    # first byte, and that wait is not cut short by RetryPolicy.max_total_s.
+    buffers_stream: bool = False
+    generation_tokens_per_s: float = 20.0
+
+    def first_byte_wait(self, max_tokens: int) -> tuple[float | None, bool]:
+        """The wait for an attempt's first data, and whether it is a whole generation's."""
+        if self.streaming and not self.buffers_stream:
+            return self.first_byte_timeout, False
+        if self.first_byte_timeout is None:
+            return None, True
+        return self.first_byte_timeout + max_tokens / self.generation_tokens_per_s, True
+
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Delta, None]:
         """Stream one model call as deltas, retrying retryable failures (see ``RetryDelta``)."""
         input_estimate = (
@@ -224,68 +255,158 @@ class OpenAIModel:
         )
         body = self.build_body(request, input_estimate)
         payload = _json.dumps(body)
-        reserve = input_estimate + int(body.get("max_tokens") or 0)
-        started = self.clock.now()
+        max_tokens = int(body.get("max_tokens") or 0)
+        reserve = input_estimate + max_tokens
+        first_wait = self.first_byte_wait(max_tokens)
+        clock = self.clock
+        started = clock.now()
+        # max_total_s counts the time without data: from the start, or the last data event
+        progress = _Progress(started)
         attempt = 0
         while True:
             attempt += 1
-            permit = await self.limiter.acquire(reserve) if self.limiter else None
+            permit = None
+            if self.limiter:
+                queued = clock.now()
+                permit = await self.limiter.acquire(reserve)
+                progress.anchor += clock.now() - queued  # waiting our turn is not a failure
             billed = reserve
             try:
-                async for delta in self._attempt(payload, attempt, permit):
-                    if isinstance(delta, UsageDelta):
-                        billed = delta.usage.total_tokens
-                    yield delta
+                attempt_deltas = self._attempt(payload, attempt, permit, progress, first_wait)
+                async with contextlib.aclosing(attempt_deltas):  # closed at once when we stop
+                    async for delta in attempt_deltas:
+                        if isinstance(delta, UsageDelta):
+                            billed = delta.usage.total_tokens
+                        yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
                 return
             except APIError as error:
+                now = clock.now()
                 wait = self.retry.delay(attempt, error)
-                elapsed = self.clock.now() - started
-                if not self.retry.should_retry(attempt, error, elapsed, wait):
-                    if error.retryable and attempt > 1:
-                        raise RetriesExhaustedError(error, attempt, elapsed) from error
-                    raise
+                reason = self.retry.give_up(attempt, error, now - progress.anchor, wait)
+                if reason is not None:
+                    if not error.retryable or self.retry.max_attempts == 1:
+                        raise  # not retryable, or no retries were asked for
+                    raise RetriesExhaustedError(error, attempt, now - started, reason) from error
                 yield RetryDelta(attempt, error, wait)
-                await self.clock.sleep(wait)
+                await clock.sleep(wait)
             finally:
                 if permit is not None:
                     permit.reconcile(billed)
                     permit.release()
 
     async def _attempt(
-        self, payload: bytes, attempt: int, permit: Permit | None
-    ) -> AsyncIterator[Delta]:
+        self,
+        payload: bytes,
+        attempt: int,
+        permit: Permit | None,
+        progress: _Progress,
+        first_wait: tuple[float | None, bool],
+    ) -> AsyncGenerator[Delta, None]:
+        """One request. Every wait for the server runs under a cancel scope of its own (never
+        across a yield, so the caller's time between deltas is never counted): the first data
+        must come within the first-byte wait, each later data event within ``idle_timeout``,
+        and neither wait runs past what is left of ``RetryPolicy.max_total_s``."""
         waited = permit.waited if permit is not None else 0.0
-        async with self._transport.post(self._url, self._headers, payload) as response:
+        clock = self.clock
+        scale = _real_seconds(clock)
+        total = self.retry.max_total_s * scale
+        left = max(0.0, total - (clock.now() - progress.anchor) * scale)
+        wait, generation = first_wait
+        capped = not generation and (wait is None or left < wait)
+        if capped:
+            wait = left
+        idle = self.idle_timeout
+        gap_capped = idle is None or total < idle
+        gap = total if gap_capped or idle is None else idle
+        async with contextlib.AsyncExitStack() as stack:
+            start = anyio.current_time()
+            try:
+                with anyio.CancelScope(deadline=_deadline(start, wait)) as scope:
+                    response = await stack.enter_async_context(
+                        self._transport.post(self._url, self._headers, payload, timed=True)
+                    )
+            except NothingListeningError as exc:
+                raise NothingListeningError(
+                    exc.message,
+                    hint=f"nothing is listening at {self.base_url}: start the server, or fix "
+                    f"base_url (or {self.base_url_env})",
+                ) from None
+            if scope.cancelled_caught:
+                raise _stalled("headers", wait, capped)
             if permit is not None:
                 permit.touch()
-            request_id = response.headers.get("x-trace-id") or response.headers.get("x-request-id")
+            headers = response.headers
+            request_id = headers.get("x-trace-id") or headers.get("x-request-id")
             if response.status != 200:
-                raw = await response.read()
-                raise self._error(response.status, raw, request_id, response.headers)
-            # The yields below sit inside the transport's `async with`, which holds no cancel
-            # scope; every caller closes this generator (contextlib.aclosing), so the response
-            # is released when the consumer stops, not when the generator is collected.
+                with anyio.CancelScope(deadline=anyio.current_time() + gap):
+                    # read inline: a local holding the body would show a key the server echoed
+                    # in any traceback rendered with its locals (the exception's text is redacted)
+                    raise self._error(response.status, await response.read(), request_id, headers)
+                raise _stalled("error body", gap, gap_capped)
+            content_type = headers.get("content-type") or ""
+            media = content_type.partition(";")[0].strip().lower()
+            sse = media == "text/event-stream" or (not media and self.streaming)
+            if not sse and media and media != "application/json" and not media.endswith("+json"):
+                raise await self._unexpected(response, content_type, gap, request_id)
+            # what the first wait has left once the headers are in
+            first = wait
+            if wait is not None:
+                wait = max(0.0, wait - (anyio.current_time() - start))
+            # The yields below sit inside the exit stack, which holds no cancel scope; every
+            # caller closes this generator (contextlib.aclosing), so the response is released
+            # when the consumer stops, not when the generator is collected.
             yield ResponseStarted(request_id, attempt, waited)  # noqa: ASYNC119
-            if not self.streaming:
-                raw = await response.read()
+            if not sse:
+                raw = b""
+                with anyio.CancelScope(
+                    deadline=_deadline(anyio.current_time(), wait, gap)
+                ) as scope:
+                    raw = await response.read()
+                if scope.cancelled_caught:
+                    raise _stalled("body", gap, gap_capped)
+                progress.anchor = clock.now()
                 try:
                     obj = _json.loads(raw)
-                except ValueError:
-                    raise StreamInterruptedError(
-                        "the response body is not valid JSON", request_id=request_id
+                except (ValueError, RecursionError):
+                    raise ProtocolError(
+                        f"the response body is not valid JSON: {_head(raw)!r}",
+                        request_id=request_id,
                     ) from None
                 for delta in message_deltas(obj):
                     yield delta  # noqa: ASYNC119
                 return
+            chunks = response.iter_bytes()
+            stack.push_async_callback(_aclose, chunks)
+            receive = chunks.__anext__
             decoder = SSEDecoder()
             done = False
             finished = False
+            bytes_since = False  # bytes but no data event since the last one (comments)
+            data_seen = False
             out: list[Delta] = []
-            chunks = response.iter_bytes()
-            async for chunk in chunks:
-                if done:
+            left = math.inf if wait is None else wait
+            current_time = anyio.current_time
+            while True:
+                now = current_time()
+                try:
+                    with anyio.CancelScope(deadline=now + left) as scope:
+                        chunk = await receive()
+                except StopAsyncIteration:
                     break
-                for event in decoder.feed(chunk):
+                if scope.cancelled_caught:
+                    if data_seen:
+                        raise _stalled("gap", gap, gap_capped, bytes_since)
+                    raise _stalled("first", first, capped, bytes_since)
+                events = decoder.feed(chunk)
+                if not events:
+                    left -= current_time() - now
+                    bytes_since = True
+                    continue
+                left = gap
+                bytes_since = False
+                data_seen = True
+                progress.anchor = clock.now()
+                for event in events:
                     if event == DONE:
                         done = True
                         break
@@ -299,37 +420,159 @@ class OpenAIModel:
                 if done:
                     # Read the body to its end (normally just the last empty chunk) so the
                     # connection goes back to the pool; a failure now no longer matters.
-                    with contextlib.suppress(StreamInterruptedError):
+                    with (
+                        anyio.move_on_after(gap),
+                        contextlib.suppress(StreamInterruptedError),
+                    ):
                         async for _ in chunks:
                             pass
+                    return
+            for event in decoder.flush():  # a last event without its blank line
+                if event == DONE:
+                    done = True
                     break
-            if not done:
-                for event in decoder.flush():
-                    if event == DONE:
-                        done = True
-            if not done:
-                raise StreamInterruptedError(
-                    "the stream ended before [DONE]"
-                    + ("" if finished else " and before a finish_reason"),
-                    request_id=request_id,
-                )
+                chunk_deltas(parse_chunk(event), out)
+            for delta in out:
+                if isinstance(delta, FinishDelta):
+                    finished = True
+                yield delta  # noqa: ASYNC119
+            if done:
+                return
+            raise StreamInterruptedError(
+                "the stream ended before [DONE]"
+                + ("" if finished else " and before a finish_reason"),
+                request_id=request_id,
+            )
+
+    async def _unexpected(
+        self, response: RawResponse, content_type: str, gap: float, request_id: str | None
+    ) -> UnexpectedResponseError:
+        """A 200 that is not the API's: name its content type and its first bytes."""
+        head = b""
+        with anyio.move_on_after(gap), contextlib.suppress(APIError):
+            chunks = response.iter_bytes()
+            try:
+                async for chunk in chunks:
+                    head += chunk
+                    if len(head) >= _SNIPPET:
+                        break
+            finally:
+                await _aclose(chunks)
+        wanted = "an event stream" if self.streaming else "a JSON body"
+        return UnexpectedResponseError(
+            f"the server answered 200 with Content-Type {content_type}, not {wanted}: "
+            f"{_head(head)!r}",
+            status=200,
+            request_id=request_id,
+        )
 
     def _error(self, status: int, raw: bytes, request_id: str | None, headers: Any) -> APIError:
         try:
             body = json.loads(raw)
-        except ValueError:
-            body = {"error": {"message": raw[:200].decode(errors="replace")}}
-        retry_after: float | None = None
-        value = headers.get("retry-after")
-        if value:
-            try:
-                retry_after = float(value)
-            except ValueError:
-                retry_after = None
+        except (ValueError, RecursionError):
+            body = None
+        if isinstance(body, dict) and "error" not in body and isinstance(body.get("message"), str):
+            body = {"error": body}  # vLLM and others: {"object": "error", "message", "type"}
+        if not (isinstance(body, dict) and isinstance(body.get("error"), dict | str)):
+            # not a JSON error (a proxy's or gateway's page): say what came instead
+            kind = headers.get("content-type") or "untyped"
+            message = (
+                f"the server answered with a {kind} body, not a JSON error: {_head(raw)!r}"
+                if raw.strip()
+                else "the server answered with an empty body"
+            )
+            body = {"error": {"message": message}}
         return error_from_response(
-            status, body, request_id=request_id, retry_after=retry_after, base_url=self.base_url
+            status,
+            body,
+            request_id=request_id,
+            retry_after=retry_after_seconds(headers.get("retry-after")),
+            base_url=self.base_url,
         )
 
     async def aclose(self) -> None:
         if self._owns_transport:
             await self._transport.aclose()
+
+
+# -- module helpers ---------------------------------------------------------------------------
+_SNIPPET = 200  # bytes of an unexpected body quoted in its error
+
+
+class _Progress:
+    """When the call last had news from the server (the model clock): its start, or the last
+    data event of any attempt. ``RetryPolicy.max_total_s`` counts from here."""
+
+    __slots__ = ("anchor",)
+
+    def __init__(self, anchor: float) -> None:
+        self.anchor = anchor
+
+
+def _real_seconds(clock: Clock) -> float:
+    """Wall-clock seconds per second of ``clock`` (a ScaledClock runs ``factor`` times fast)."""
+    factor = getattr(clock, "factor", None)
+    return 1.0 / factor if isinstance(factor, int | float) and factor > 0 else 1.0
+
+
+def _deadline(now: float, wait: float | None, at_least: float = 0.0) -> float:
+    return math.inf if wait is None else now + max(wait, at_least)
+
+
+def _seconds(value: float | None) -> str:
+    return "ever" if value is None else f"{value:.3g}s"
+
+
+def _stalled(
+    phase: str, wait: float | None, capped: bool, bytes_since: bool = False
+) -> StreamStalledError:
+    s = _seconds(wait)
+    if phase == "headers":
+        text = f"no response within {s} of sending the request"
+    elif phase == "first":
+        text = (
+            f"the server sent only keep-alive comments, no data, for {s}"
+            if bytes_since
+            else f"the server sent its headers, then nothing for {s}"
+        )
+    elif phase == "gap":
+        what = "keep-alive only" if bytes_since else "nothing at all"
+        text = f"the stream stalled: no data for {s} after the last event ({what})"
+    else:  # a whole body (an error's, or a non-streamed answer's) that did not come
+        text = f"the server sent its headers, then not the whole {phase} within {s}"
+    if capped:
+        text += " (what was left of RetryPolicy.max_total_s)"
+    return StreamStalledError(text)
+
+
+def _head(raw: bytes) -> str:
+    """The first bytes of a body, decoded whatever they are."""
+    text = raw[:_SNIPPET].decode("utf-8", errors="replace")
+    return text + "…" if len(raw) > _SNIPPET else text
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds: a number of seconds or an HTTP date (RFC 9110
+    §10.2.3), never negative; None when absent or unreadable."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)

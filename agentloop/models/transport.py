@@ -16,7 +16,12 @@ from typing import Protocol
 
 import httpx2
 
-from ..errors import APIConnectionError, ConfigurationError, StreamInterruptedError
+from ..errors import (
+    APIConnectionError,
+    ConfigurationError,
+    NothingListeningError,
+    StreamInterruptedError,
+)
 from ..limits import current_loop
 
 
@@ -34,8 +39,12 @@ class RawResponse(Protocol):
 
 class Transport(Protocol):
     def post(
-        self, url: str, headers: Mapping[str, str], body: bytes
-    ) -> AbstractAsyncContextManager[RawResponse]: ...
+        self, url: str, headers: Mapping[str, str], body: bytes, *, timed: bool = False
+    ) -> AbstractAsyncContextManager[RawResponse]:
+        """POST ``body``. ``timed``: the caller bounds every wait for the response itself
+        (``OpenAIModel``'s first-byte and idle timeouts), so the transport adds no read
+        timeout of its own; connecting and sending keep theirs."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -70,6 +79,18 @@ class _Httpx2Response:
             raise APIConnectionError(
                 f"the connection broke while reading the response ({type(exc).__name__})"
             ) from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a failed connect was refused (nothing listens there), not unreachable or slow."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class _Pools:
@@ -174,7 +195,7 @@ class Httpx2Transport:
 
     @asynccontextmanager
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes
+        self, url: str, headers: Mapping[str, str], body: bytes, *, timed: bool = False
     ) -> AsyncIterator[RawResponse]:
         pools = self._pools
         if pools.loop is not (loop := current_loop()):  # one identity check per request
@@ -185,10 +206,16 @@ class Httpx2Transport:
         loads[shard] += 1
         try:
             request = client.build_request("POST", url, headers=headers, content=body)
+            if timed:  # no read timeout: a buffered generation may be silent for many minutes
+                request.extensions["timeout"] = {**request.extensions["timeout"], "read": None}
             try:
                 response = await client.send(request, stream=True)
             except httpx2.TransportError as exc:
                 # The message names the host, never the request headers (the key lives there).
+                if isinstance(exc, httpx2.ConnectError) and _refused(exc):
+                    raise NothingListeningError(
+                        f"connection refused by {request.url.host}:{request.url.port}"
+                    ) from None
                 raise APIConnectionError(
                     f"could not reach {request.url.host}:{request.url.port} "
                     f"({type(exc).__name__}: {exc})"

@@ -5,12 +5,21 @@ Faults (names used by ``--faults`` and ``FaultPlan``):
 =============  ==============================================================  ==========
 name           what the simulator does                                          retryable
 =============  ==============================================================  ==========
-``429``        429 rate_limit_reached_error with Retry-After                    yes
+``429``        429 rate_limit_reached_error, Retry-After: ``retry_after`` s      yes
+``retrydate``  429 rate_limit_reached_error, Retry-After as an HTTP date          yes
+               ``retry_after`` s ahead (and no wait in the message)
 ``overload``   429 engine_overloaded_error                                      yes
 ``500``        500 server_error (``502``/``503`` likewise)                      yes
 ``reset``      closes the connection (TCP RST) before any response              yes
 ``cut``        streams part of the answer, then drops the connection            yes
 ``badsse``     sends a malformed ``data:`` line in the stream                   yes
+``badchunk``   sends ``bad_chunk`` (valid JSON of the wrong shape) as a chunk    yes
+               mid-stream, or as the whole body of a non-streamed response
+``trickle``    headers, then SSE keep-alive comments forever, never data        yes (stall)
+``silent``     headers, then nothing, the connection held open                  yes (stall)
+``stall``      half the answer, then keep-alive comments forever               yes (stall)
+``gateway``    503 with a proxy's HTML page (no JSON error body)                yes
+``html``       200 with a captive portal's HTML page                            no
 ``slow``       waits ``slow_seconds`` before the first byte                     (succeeds)
 ``truncargs``  finishes normally but cuts a tool call's arguments mid-JSON      no (the loop)
 ``quota``      429 exceeded_current_quota_error                                  no
@@ -35,6 +44,13 @@ FAULTS = frozenset(
         "reset",
         "cut",
         "badsse",
+        "badchunk",
+        "trickle",
+        "silent",
+        "stall",
+        "retrydate",
+        "gateway",
+        "html",
         "slow",
         "truncargs",
         "quota",
@@ -43,7 +59,26 @@ FAULTS = frozenset(
         "403",
     }
 )
-RETRYABLE = frozenset({"429", "overload", "500", "502", "503", "reset", "cut", "badsse"})
+RETRYABLE = frozenset(
+    {
+        "429",
+        "retrydate",
+        "overload",
+        "500",
+        "502",
+        "503",
+        "gateway",
+        "reset",
+        "cut",
+        "badsse",
+        "badchunk",
+        "trickle",
+        "silent",
+        "stall",
+    }
+)
+# what ``badchunk`` sends unless told otherwise: a choice that is null
+BAD_CHUNK = '{"id": "bad", "object": "chat.completion.chunk", "choices": [null]}'
 
 
 @dataclass
@@ -55,6 +90,9 @@ class FaultPlan:
     rates: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     slow_seconds: float = 1.0
+    retry_after: int = 1  # seconds the 429 faults ask for (``retrydate`` as an HTTP date)
+    keepalive_seconds: float = 0.05  # between the comments of ``trickle`` and ``stall``
+    bad_chunk: str = BAD_CHUNK  # the JSON text ``badchunk`` sends
     injected: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hashlib
 import json
 import math
@@ -90,6 +91,21 @@ def message_tokens(message: dict[str, Any]) -> int:
     return tokens
 
 
+def tools_segment(tools: Any) -> tuple[bytes, int]:
+    """The tool declarations as the prompt holds them: (their bytes, their tokens)."""
+    if not tools:
+        return b"", 0
+    raw = json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
+    return raw.encode(), 8 + count_tokens(raw)
+
+
+def prompt_size(req: dict[str, Any]) -> int:
+    """A request's prompt tokens: its tool schemas and its messages. The one count behind the
+    window check, TPM admission and the reported ``prompt_tokens`` (``_prompt`` adds up the
+    same segments)."""
+    return tools_segment(req.get("tools"))[1] + sum(message_tokens(m) for m in req["messages"])
+
+
 class SimError(Exception):
     def __init__(self, status: int, error_type: str, message: str, retry_after: int | None = None):
         super().__init__(message)
@@ -113,6 +129,7 @@ class SimConfig:
     # Soft rules (reported by third parties): reject assistant messages without
     # reasoning_content even when they carry no tool calls.
     strict: bool = False
+    echo_key: bool = False  # a 401 quotes the key it was given (see _authenticate)
     # tool_choice "none" removes tool calls from the answer, as the real API does; False
     # imitates a model that calls tools anyway
     honour_tool_choice: bool = True
@@ -254,9 +271,20 @@ class SimServer:
         trace: str | None = None,
     ) -> None:
         body = json.dumps(obj, ensure_ascii=False).encode()
+        await self._send_body(writer, status, "application/json", body, extra, trace)
+
+    async def _send_body(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        content_type: str,
+        body: bytes,
+        extra: dict[str, str] | None = None,
+        trace: str | None = None,
+    ) -> None:
         head = [
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-            "Content-Type: application/json",
+            f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}",
         ]
         if trace:
@@ -322,7 +350,10 @@ class SimServer:
         key = auth[7:] if auth.lower().startswith("bearer ") else ""
         region = self.config.api_keys.get(key)
         if not key or region != self.config.region:
-            raise SimError(401, "invalid_authentication_error", "Invalid Authentication")
+            message = "Invalid Authentication"
+            if self.config.echo_key:  # as some OpenAI-compatible servers and proxies do
+                message = f"Incorrect API key provided: {key}"
+            raise SimError(401, "invalid_authentication_error", message)
         return key
 
     @staticmethod
@@ -446,7 +477,8 @@ class SimServer:
                         f"Invalid request: function name {name!r} is invalid, it must match "
                         "^[a-zA-Z_][a-zA-Z0-9_-]{2,63}$"
                     )
-                problems = mfjs.check(fn.get("parameters", {}))
+                # walle's strict level, the API's: a default beside anyOf/$ref passes
+                problems = mfjs.check(fn.get("parameters", {}), level=mfjs.SERVER_LEVEL)
                 if problems:
                     raise bad(f"Invalid request: tool {name} parameters: {problems[0]}")
             else:
@@ -515,6 +547,17 @@ class SimServer:
                     pending = {}
                     for call in calls:
                         pending[str(call.get("id"))] = False
+                        # (soft) the server parses every non-empty arguments string of the
+                        # history, strictly (kimi-cli #1378, #2165, #1171)
+                        arguments = (call.get("function") or {}).get("arguments")
+                        if self.config.strict and isinstance(arguments, str) and arguments:
+                            try:
+                                json.loads(arguments)
+                            except ValueError as exc:
+                                raise bad(
+                                    f"Invalid request: the arguments of tool call {call.get('id')} "
+                                    f"(message index {index}) are not valid JSON: {exc}"
+                                ) from None
         if pending is not None and not all(pending.values()):
             raise bad(
                 "Invalid request: the last assistant message's tool calls have no tool messages"
@@ -525,10 +568,9 @@ class SimServer:
         """(prompt tokens, cached tokens): the cache hit is the longest message prefix that an
         earlier prompt of this account shared byte for byte."""
         segments: list[tuple[bytes, int]] = []
-        tools = req.get("tools")
-        if tools:
-            raw = json.dumps(tools, ensure_ascii=False, separators=(",", ":"))
-            segments.append((raw.encode(), 8 + count_tokens(raw)))
+        tools = tools_segment(req.get("tools"))  # the same segments as prompt_size
+        if tools[1]:
+            segments.append(tools)
         for msg in req["messages"]:
             raw = json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
             segments.append((raw.encode(), message_tokens(msg)))
@@ -567,19 +609,25 @@ class SimServer:
         thinking, max_tokens = self._validate(req, window)
         if not isinstance(req.get("messages"), list):
             raise SimError(400, "invalid_request_error", "Invalid request: messages missing")
-        prompt_tokens = sum(message_tokens(m) for m in req["messages"])
+        prompt_tokens = prompt_size(req)  # tools included, as reported and as admitted (TPM)
         if prompt_tokens + max_tokens > window:
             raise SimError(
                 400, "invalid_request_error", f"Your request exceeded model token limit: {window}"
             )
         if fault == "429":
+            wait = cfg.faults.retry_after
             raise SimError(
                 429,
                 "rate_limit_reached_error",
                 "Your account org-sim<ak-sim> request reached organization max RPM: "
-                f"{cfg.rpm or 50}, please try again after 1 seconds",
-                1,
+                f"{cfg.rpm or 50}, please try again after {wait} seconds",
+                wait,
             )
+        if fault == "retrydate":  # Retry-After as an HTTP date (RFC 9110 §10.2.3), as proxies do
+            when = email.utils.formatdate(time.time() + cfg.faults.retry_after, usegmt=True)
+            error = {"type": "rate_limit_reached_error", "message": "Too many requests"}
+            await self._send_json(writer, 429, {"error": error}, {"Retry-After": when}, trace)
+            return True
         if fault == "overload":
             raise SimError(
                 429,
@@ -609,6 +657,11 @@ class SimServer:
                 "server_error",
                 "The server had an error while processing your request, please retry",
             )
+        if fault in ("gateway", "html"):  # a proxy's error page, a captive portal's login page
+            page = GATEWAY_PAGE if fault == "gateway" else PORTAL_PAGE
+            status = 503 if fault == "gateway" else 200
+            await self._send_body(writer, status, "text/html; charset=utf-8", page, None, trace)
+            return True
         charge = self._admit(account, prompt_tokens)
         account.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, account.in_flight)
@@ -658,6 +711,10 @@ class SimServer:
                     "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                     "usage": usage,
                 }
+                if fault == "badchunk":  # a body of the wrong shape, sent as it is
+                    body = cfg.faults.bad_chunk.encode()
+                    await self._send_body(writer, 200, "application/json", body, None, trace)
+                    return True
                 await self._send_json(writer, 200, payload, None, trace)
                 return True
             return await self._stream(writer, trace, req, message, finish, usage, fault, created)
@@ -751,6 +808,18 @@ class SimServer:
                         ]
                     }
 
+    async def _hold(self, writer: asyncio.StreamWriter, keepalive: bytes) -> None:
+        """Keep a stream open and send no data (``keepalive`` every ``keepalive_seconds``, or
+        nothing) until the client goes away or the server stops."""
+        if keepalive:
+            writer.write(_chunked(keepalive))
+        await writer.drain()
+        while not writer.is_closing():
+            await self.config.clock.sleep(self.config.faults.keepalive_seconds)
+            if keepalive:
+                writer.write(_chunked(keepalive))
+                await writer.drain()  # raises once the client has closed the connection
+
     async def _stream(
         self,
         writer: asyncio.StreamWriter,
@@ -776,8 +845,14 @@ class SimServer:
             "model": req["model"],
         }
         deltas = list(self._chunks(message))
-        cut_at = len(deltas) // 2 if fault == "cut" else -1
-        bad_at = len(deltas) // 2 if fault == "badsse" else -1
+        if fault in ("trickle", "silent"):
+            await self._hold(writer, KEEPALIVE if fault == "trickle" else b"")
+            return False
+        half = len(deltas) // 2
+        cut_at = half if fault == "cut" else -1
+        bad_at = half if fault == "badsse" else -1
+        shape_at = half if fault == "badchunk" else -1
+        stall_at = half if fault == "stall" else -1
         out: list[bytes] = []
         for i, delta in enumerate(deltas):
             if i == cut_at:
@@ -785,8 +860,15 @@ class SimServer:
                 await writer.drain()
                 _reset(writer)
                 return False
+            if i == stall_at:
+                writer.write(_chunked(b"".join(out)))
+                await writer.drain()
+                await self._hold(writer, KEEPALIVE)
+                return False
             if i == bad_at:
                 out.append(b'data: {"id": "broken", "choices": [{"delta": {"content": "x\n\n')
+            if i == shape_at:
+                out.append(b"data: " + self.config.faults.bad_chunk.encode() + b"\n\n")
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             out.append(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
             if len(out) >= 32:
@@ -811,6 +893,20 @@ class SimServer:
         writer.write(_chunked(b"".join(out)) + b"0\r\n\r\n")
         await writer.drain()
         return True
+
+
+GATEWAY_PAGE = (
+    b"<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    b"<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
+    b"<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+PORTAL_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Hotel Wi-Fi \xe2\x80\x94 sign in</title></head><body>"
+    b"<h1>Welcome</h1><p>Please accept the terms of use to continue browsing.</p>"
+    + b"<!-- padding -->" * 40
+    + b"</body></html>"
+)
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def _chunked(data: bytes) -> bytes:
