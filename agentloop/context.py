@@ -161,16 +161,30 @@ def _clear(
 
 @dataclass
 class TruncateResults(_Strategy):
-    """Cuts a tool result longer than ``max_tokens`` as it arrives, keeping its head and tail
-    (``head`` is the head's share) with a note of what was cut. It never touches the history
-    afterwards, so it costs no cache."""
+    """Cuts a tool result longer than its cap as it arrives, keeping its head and tail (``head``
+    is the head's share) with a note of what was cut. It never touches the history afterwards,
+    so it costs no cache. The cap is ``max_tokens``, or ``max_share`` of the line if that is
+    less: a fixed 10K-token cap would be more than a small model's whole window."""
 
     max_tokens: int = 10_000
     head: float = 0.7
+    max_share: float = 0.25
     name: str = "truncate_results"
+    # the line of the run, learnt before each step (results arrive after it)
+    _line: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    async def manage(self, ctx: ContextWindow) -> ContextEdit | None:
+        self._line = ctx.limit
+        return None
+
+    def cap(self) -> int:
+        """The most tokens a result keeps."""
+        if self._line is None:
+            return self.max_tokens
+        return max(1, min(self.max_tokens, int(self.max_share * self._line)))
 
     def shape_result(self, content: str, tool_name: str, arguments: str) -> str:
-        limit = self.max_tokens * 4  # chars; the estimate the agent uses is bytes/4
+        limit = self.cap() * 4  # chars; the estimate the agent uses is bytes/4
         if len(content) <= limit:
             return content
         keep_head = int(limit * self.head)
