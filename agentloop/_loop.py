@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ import anyio
 
 from . import events as ev
 from .budget import CallKind, Spent, context_line, fit_call
-from .errors import AgentloopError
+from .errors import AgentloopError, EstimatedUsageWarning
 from .messages import Message, Usage
 from .models.base import (
     Assembler,
@@ -131,6 +132,7 @@ class Run:
         self.emit = emit
         self.control = control
         self._finals_allowed = agent.budget.final_answer_on_limit
+        self._warned_estimate = False  # EstimatedUsageWarning: once per run
         # what the request for a final answer adds to a prompt (the longest label)
         self.final_prompt_tokens = self.model.estimate_tokens(
             [
@@ -268,9 +270,20 @@ class Run:
         return size
 
     def _book(self, usage: Usage) -> None:
+        """Count a call's usage against the run (an estimate exactly like a report: every
+        limit holds on it)."""
         self.state.usage.add(usage)
         if self.agent.rate_card is not None:
             self.state.cost += self.agent.rate_card.cost(usage)
+        if usage.estimated and not self._warned_estimate:
+            self._warned_estimate = True
+            warnings.warn(
+                f"{self.model.name} at {getattr(self.model, 'base_url', '?')} reported no "
+                "token usage: this run's tokens and cost are agentloop's estimate (marked "
+                "Usage.estimated), and its budgets are enforced on that estimate",
+                EstimatedUsageWarning,
+                stacklevel=2,
+            )
 
     def _looping(self) -> bool:
         return any(count > self.agent.loop_limit for count in self.state.repeats.values())

@@ -7,6 +7,7 @@ the API key: errors are built from response bodies and URLs, never from request 
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from ._secret import redact
@@ -83,9 +84,28 @@ class InvalidRequestError(APIError):
 
 
 class ContextLengthError(InvalidRequestError):
-    """400: prompt + max_tokens exceeds the model's window."""
+    """400: prompt + max_tokens exceeds the model's window. ``window`` is the window the server
+    named (None when its wording does not say)."""
 
     default_hint = "shorten the history (context management) or lower the per-step budget"
+    window: int | None = None
+
+
+class EmptyResponseError(APIError):
+    """HTTP 200 with no data at all, twice for the same request. llama.cpp's servers answer a
+    streamed prompt over the window this way; the first time is retried (it can be transient),
+    a repeat is this error, not retried again."""
+
+    default_hint = (
+        "the likely cause is a prompt (plus max_tokens) over the server's context window: "
+        "shorten the history, lower max_tokens, or pass context_window= with the server's "
+        "real window"
+    )
+
+
+class EstimatedUsageWarning(UserWarning):
+    """A response carried no usage, so its tokens (and cost) are agentloop's estimate; the
+    budgets are enforced on the estimate. Issued once per run."""
 
 
 class ContentFilterError(APIError):
@@ -249,8 +269,11 @@ def error_from_response(
     cls = _BY_TYPE.get(error_type or "")
     if cls is None:
         cls = ServerError if status >= 500 else _BY_STATUS.get(status, APIError)
-    if cls is InvalidRequestError and "exceeded model token limit" in message:
-        cls = ContextLengthError
+    window: int | None = None
+    if status == 400 and cls in (InvalidRequestError, APIError):
+        context, window = context_length(body, message)
+        if context:
+            cls = ContextLengthError
     hint: str | None = None
     if cls is AuthenticationError:
         hint = (
@@ -259,7 +282,7 @@ def error_from_response(
             "from platform.moonshot.cn only with https://api.moonshot.cn/v1 — set base_url "
             "(or MOONSHOT_BASE_URL) to your key's region"
         )
-    return cls(
+    error = cls(
         message,
         status=status,
         error_type=error_type,
@@ -267,3 +290,40 @@ def error_from_response(
         retry_after=retry_after,
         hint=hint,
     )
+    if window is not None and isinstance(error, ContextLengthError):
+        error.window = window
+    return error
+
+
+# How each server words a prompt over its window, with the window where the text names it:
+# Kimi; OpenAI, vLLM and llama-cpp-python ("This model's maximum context length is N tokens",
+# code context_length_exceeded); SGLang (two wordings); llama.cpp's llama-server
+# (exceed_context_size_error with n_ctx beside the message, and its log line's wording).
+_CONTEXT_WORDINGS = (
+    re.compile(r"exceeded model token limit:?\s*(\d+)?", re.IGNORECASE),
+    re.compile(r"maximum context length (?:is|of) (\d+)", re.IGNORECASE),
+    re.compile(r"longer than the model's context length \((\d+)", re.IGNORECASE),
+    re.compile(r"exceeds? (?:the )?(?:available )?context (?:size|window)(?: of (\d+))?", re.I),
+    re.compile(r"context length exceeded", re.IGNORECASE),
+)
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+
+
+def context_length(body: Any, message: str) -> tuple[bool, int | None]:
+    """Whether an error body says the prompt is over the window, and the window it names."""
+    err = body.get("error") if isinstance(body, dict) else None
+    fields = err if isinstance(err, dict) else {}
+    codes = {v for v in (fields.get("code"), fields.get("type")) if isinstance(v, str)}
+    window: int | None = None
+    n_ctx = fields.get("n_ctx")  # llama-server puts the window beside the message
+    if isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and n_ctx > 0:
+        window = n_ctx
+    matched = bool(codes & _CONTEXT_CODES)
+    for pattern in _CONTEXT_WORDINGS:
+        match = pattern.search(message)
+        if match:
+            matched = True
+            if window is None and match.groups() and match.group(1):
+                window = int(match.group(1))
+            break
+    return matched, window if matched else None

@@ -16,12 +16,16 @@ Message = dict[str, Any]
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts as billed. ``input_tokens`` includes ``cached_input_tokens``."""
+    """Token counts as billed. ``input_tokens`` includes ``cached_input_tokens``.
+
+    ``estimated``: some of these counts are the client's estimate, not the server's (a response
+    that carried no usage, as llama.cpp's streams never do); a sum is estimated if any part is."""
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int | None = None
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -37,6 +41,8 @@ class Usage:
         self.output_tokens += other.output_tokens
         if other.reasoning_tokens is not None:
             self.reasoning_tokens = (self.reasoning_tokens or 0) + other.reasoning_tokens
+        if other.estimated:
+            self.estimated = True
 
     @classmethod
     def from_wire(cls, raw: dict[str, Any]) -> Usage:

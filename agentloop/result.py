@@ -48,6 +48,11 @@ class StepRecord:
     duration_s: float
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
 
+    @property
+    def usage_estimated(self) -> bool:
+        """The server reported no usage for this step: ``usage`` is the client's estimate."""
+        return self.usage.estimated
+
 
 @dataclass(slots=True)
 class RunResult:
@@ -60,6 +65,11 @@ class RunResult:
     error: str | None = None
     # why the run stopped where it did, in words (the limit and what it left, a skipped answer)
     detail: str | None = None
+
+    @property
+    def usage_estimated(self) -> bool:
+        """Some step's usage (so ``usage`` and ``cost_usd``) is an estimate, not reported."""
+        return self.usage.estimated
 
     @property
     def ok(self) -> bool:

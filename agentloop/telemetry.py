@@ -102,6 +102,8 @@ class RunRecorder:
                 "agentloop.limiter_wait_s": r.limiter_wait_s,
                 "agentloop.retries": r.retries,
             }
+            if r.usage.estimated:  # the server reported none: these counts are an estimate
+                attributes["agentloop.usage.estimated"] = True
             if r.finish_reason:
                 attributes["gen_ai.response.finish_reasons"] = [r.finish_reason]
             if r.request_id:
@@ -123,6 +125,8 @@ class RunRecorder:
                 self._run.set_attribute(
                     "gen_ai.usage.cached_input_tokens", res.usage.cached_input_tokens
                 )
+                if res.usage.estimated:
+                    self._run.set_attribute("agentloop.usage.estimated", True)
                 self._run.set_attribute("agentloop.stop_reason", res.stop_reason)
                 self._run.set_attribute("agentloop.steps", len(res.steps))
                 self._run.set_attribute("agentloop.cost_usd", res.cost_usd)

@@ -1,8 +1,16 @@
 """Many tasks at once under the account's rate limit (Kimi's default tier: 50 requests/min),
 keeping every finished result even when some tasks fail.
 
-    python examples/batch.py [--tasks 40]     # offline: the simulator enforces 50 RPM
-    MOONSHOT_API_KEY=... python examples/batch.py --online
+Offline, the simulator plays the model (no key needed; from a checkout, after
+``pip install -e .``):
+
+    python examples/batch.py
+
+Online, against Kimi K2.6 (``MOONSHOT_BASE_URL`` too for a key from platform.moonshot.cn):
+
+    MOONSHOT_API_KEY=sk-... python examples/batch.py --online
+
+Options: ``--tasks N`` (40 by default), ``--out FILE`` (each finished result appended as JSONL).
 
 All runs share one rate limiter per API key (``KimiModel(rpm=50)`` is the default), so they
 queue on the client instead of collecting 429s. Offline, the simulator and the client share a
@@ -64,9 +72,11 @@ async def run_batch(tasks: list[str], online: bool, out: Path | None = None) -> 
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=40)
-    parser.add_argument("--online", action="store_true")
+    parser.add_argument("--online", action="store_true", help="use Kimi (MOONSHOT_API_KEY)")
     parser.add_argument("--out", type=Path, help="append each finished result to this JSONL file")
     args = parser.parse_args()
     tasks = [f"What is {n} squared?" for n in range(args.tasks)]

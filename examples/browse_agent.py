@@ -1,16 +1,22 @@
 """A browse/search agent that answers from a real local corpus: the Python standard library's
 docstrings, indexed into SQLite FTS5 on the spot.
 
-    python examples/browse_agent.py "How do I shorten text to a width with a placeholder?"
+Offline, the simulator plays the model (no key needed; from a checkout, after
+``pip install -e .``):
 
-Offline (no MOONSHOT_API_KEY, or --offline) it runs against the simulator, whose model searches,
-opens the best hits and quotes them. With MOONSHOT_API_KEY set it runs against Kimi K2.6.
+    python examples/browse_agent.py
+
+Online, against Kimi K2.6 (``MOONSHOT_BASE_URL`` too for a key from platform.moonshot.cn):
+
+    MOONSHOT_API_KEY=sk-... python examples/browse_agent.py --online
+
+Either takes a question: ``python examples/browse_agent.py "How do I compute a median?"``.
+Offline, the simulator's model searches, opens the best hits and quotes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from contextlib import AsyncExitStack
 
 import anyio
@@ -54,10 +60,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("question", nargs="?", default=QUESTION)
-    parser.add_argument("--offline", action="store_true", help="use the simulator even with a key")
+    parser.add_argument("--online", action="store_true", help="use Kimi (MOONSHOT_API_KEY)")
     args = parser.parse_args()
-    offline = args.offline or not os.environ.get("MOONSHOT_API_KEY")
-    result = anyio.run(answer, args.question, offline)
+    result = anyio.run(answer, args.question, not args.online)
     print()
     print(result.output)
     print(

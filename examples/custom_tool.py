@@ -1,8 +1,14 @@
 """Custom tools as decorated functions, sync and async, and what the model sees when it sends
 bad arguments.
 
-    python examples/custom_tool.py            # offline: the simulator plays the model
-    MOONSHOT_API_KEY=... python examples/custom_tool.py --online
+Offline, the simulator plays the model (no key needed; from a checkout, after
+``pip install -e .``):
+
+    python examples/custom_tool.py
+
+Online, against Kimi K2.6 (``MOONSHOT_BASE_URL`` too for a key from platform.moonshot.cn):
+
+    MOONSHOT_API_KEY=sk-... python examples/custom_tool.py --online
 
 Offline, the simulated model first calls ``convert`` with a unit that is not allowed and a
 negative amount; the validator rejects the call before the function runs and the error (with
@@ -91,7 +97,9 @@ async def run(online: bool, show: bool = True) -> RunResult:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--online", action="store_true", help="use Kimi (MOONSHOT_API_KEY)")
     result = anyio.run(run, parser.parse_args().online)
     print(f"\n{result.output}  [{result.stop_reason}]")

@@ -1,10 +1,22 @@
 """An agent inside a small web service: POST /run {"task": ...} streams the run's events as
-Server-Sent Events. A plain ASGI app (no framework); serve it with any ASGI server:
+Server-Sent Events. A plain ASGI app (no framework), served here by uvicorn, which the examples
+extra installs (from a checkout: ``pip install -e ".[examples]"``).
 
-    uvicorn examples.web_service:app            # needs MOONSHOT_API_KEY
-    AGENTLOOP_OFFLINE=1 python examples/web_service.py   # simulator as the model, port 8000
+Offline, the simulator plays the model (no key needed):
+
+    python examples/web_service.py
+
+Online, against Kimi K2.6 (``MOONSHOT_BASE_URL`` too for a key from platform.moonshot.cn):
+
+    MOONSHOT_API_KEY=sk-... python examples/web_service.py --online
+
+Either serves on http://127.0.0.1:8000 (``--port N`` for another port); then, from another
+terminal:
 
     curl -N -X POST localhost:8000/run -d '{"task": "count the words in hello world"}'
+
+Under another ASGI server, ``app`` is the online service: with MOONSHOT_API_KEY set,
+``uvicorn examples.web_service:app``.
 """
 
 from __future__ import annotations
@@ -90,11 +102,38 @@ if os.environ.get("MOONSHOT_API_KEY"):
     app = make_app(KimiModel())
 
 
-if __name__ == "__main__":
-    import uvicorn
+def main() -> int:
+    import argparse
+    import sys
+    from contextlib import ExitStack
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--online", action="store_true", help="use Kimi (MOONSHOT_API_KEY)")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    try:
+        import uvicorn
+    except ImportError:
+        print(
+            'examples/web_service.py needs uvicorn: pip install -e ".[examples]" '
+            '(or pip install "agentloop[examples]")',
+            file=sys.stderr,
+        )
+        return 2
 
     from agentloop.sim import SimServer
 
-    with SimServer().run_in_thread() as sim:
-        model = KimiModel(api_key="sk-sim", base_url=sim.base_url)
-        uvicorn.run(make_app(model), host="127.0.0.1", port=8000)
+    with ExitStack() as stack:
+        if args.online:
+            model = KimiModel()  # MOONSHOT_API_KEY (and MOONSHOT_BASE_URL for the China region)
+        else:
+            sim = stack.enter_context(SimServer().run_in_thread())
+            model = KimiModel(api_key="sk-sim", base_url=sim.base_url)
+        uvicorn.run(make_app(model), host="127.0.0.1", port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

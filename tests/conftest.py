@@ -14,6 +14,44 @@ from agentloop.sim import SimConfig, SimServer
 SHARED = Path(os.environ.get("AGENTLOOP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def shared_missing(path: Path) -> str | None:
+    """Why the tests that read ``path`` (inside the shared folder) cannot run, or None."""
+    if path.is_dir():
+        return None
+    where = (
+        f"AGENTLOOP_SHARED={os.environ['AGENTLOOP_SHARED']}"
+        if "AGENTLOOP_SHARED" in os.environ
+        else "the default, ../shared beside this checkout"
+    )
+    return (
+        f"{path} is missing: these tests read the project's shared documents (the `shared` folder "
+        f"with conformance/walle; looked in {where}). Put that folder beside the checkout or set "
+        "AGENTLOOP_SHARED=/path/to/shared"
+    )
+
+
+def require_shared(path: Path) -> None:
+    """Skip a test whose shared folder is missing; fail instead when AGENTLOOP_SHARED names a
+    folder explicitly (as CI does), so a wrong path never passes silently."""
+    reason = shared_missing(path)
+    if reason is None:
+        return
+    if "AGENTLOOP_SHARED" in os.environ:
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say once, after the run, why tests were skipped for want of the shared folder."""
+    reasons = {
+        str(report.longrepr[2])
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and "AGENTLOOP_SHARED" in str(report.longrepr[2])
+    }
+    for reason in sorted(reasons):
+        terminalreporter.write_line(f"skipped: {reason.removeprefix('Skipped: ')}", yellow=True)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

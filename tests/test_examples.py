@@ -1,16 +1,29 @@
-"""The examples run offline against the simulator."""
+"""The examples run offline against the simulator, and online through the environment, exactly
+as their headers say, with nothing beyond the core package and the examples extra."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
 import sys
+import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytestmark = pytest.mark.anyio
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py"))
 
 
 def load(name: str) -> ModuleType:
@@ -95,6 +108,164 @@ def test_web_service_example_streams_events_over_http() -> None:
             thread.join(timeout=10)
     assert names[0] == "RunStarted" and names[-1] == "RunFinished"
     assert "ToolCallStarted" in names and "ReasoningDelta" in names
-    import json
-
     assert json.loads(last)["result"]["stop_reason"] == "completed"
+
+
+# -- how to run them -----------------------------------------------------------------------------
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_examples_need_only_the_core_and_the_examples_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert "examples" in extras, 'pyproject.toml needs an "examples" extra'
+    allowed = {_requirement_name(r) for r in [*project["dependencies"], *extras["examples"]]}
+    distributions = importlib.metadata.packages_distributions()
+    for name in NAMES:
+        tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
+        modules = {
+            a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import)
+            for a in n.names
+        }
+        modules |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and not n.level
+        }
+        for module in modules - set(sys.stdlib_module_names) - {"agentloop", "agentloop_tools"}:
+            needs = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+            assert needs & allowed, (
+                f"examples/{name}.py imports {module}, not in core or [examples]"
+            )
+
+
+def header(name: str) -> str:
+    doc = ast.get_docstring(ast.parse((EXAMPLES / f"{name}.py").read_text()))
+    assert doc, f"examples/{name}.py has no header"
+    return doc
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_example_header_says_how_to_run_it_offline_and_online(name: str) -> None:
+    doc = header(name)
+    assert re.search(rf"Offline.*:\n\n    python examples/{name}\.py\n", doc, re.DOTALL), doc
+    assert f"\n    MOONSHOT_API_KEY=sk-... python examples/{name}.py --online\n" in doc, doc
+    assert "AGENTLOOP_OFFLINE" not in (EXAMPLES / f"{name}.py").read_text()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOONSHOT_", "AGENTLOOP_"))}
+    return env | extra
+
+
+def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = command.split()
+    prefix = [a for a in args if "=" in a and not a.startswith("-")]
+    args = [sys.executable if a == "python" else a for a in args if a not in prefix]
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env | dict(a.split("=", 1) for a in prefix),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    from agentloop.sim import SimServer
+
+    with SimServer().run_in_thread() as sim:
+        yield sim.base_url
+
+
+def _serve_and_post(command: str, env: dict[str, str]) -> list[str]:
+    """Start the web service as the header says (on a free port), POST a task, stop it."""
+    import httpx2
+
+    port = _free_port()
+    args = [sys.executable if a == "python" else a for a in command.split()]
+    process = subprocess.Popen(
+        [*args, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                    break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                time.sleep(0.05)
+        with (
+            httpx2.Client(timeout=30) as client,
+            client.stream("POST", f"{base}/run", json={"task": "count hello world"}) as r,
+        ):
+            assert r.status_code == 200
+            return [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_example_runs_offline_as_its_header_says(name: str) -> None:
+    command = f"python examples/{name}.py"
+    if name == "web_service":
+        names = _serve_and_post(command, _env())
+        assert names[0] == "RunStarted" and names[-1] == "RunFinished"
+        return
+    done = _run(command, _env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_example_runs_online_from_the_environment(name: str, sim_url: str) -> None:
+    """``--online`` takes the key (and base URL) from the environment: here the simulator's."""
+    env = _env(MOONSHOT_BASE_URL=sim_url)
+    command = f"MOONSHOT_API_KEY=sk-sim python examples/{name}.py --online"
+    if name == "web_service":
+        names = _serve_and_post(command.split(" ", 1)[1], env | {"MOONSHOT_API_KEY": "sk-sim"})
+        assert names[-1] == "RunFinished"
+        return
+    if name == "batch":
+        command += " --tasks 3"  # three tasks keep a real 50 RPM limiter from waiting
+    done = _run(command, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "completed" in done.stdout or "'finished': 3" in done.stdout, done.stdout
+
+
+def test_web_service_without_uvicorn_says_what_to_install() -> None:
+    code = (
+        "import runpy, sys; sys.modules['uvicorn'] = None; sys.argv = ['examples/web_service.py']; "
+        "runpy.run_path('examples/web_service.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert 'pip install -e ".[examples]"' in done.stderr
+    assert "Traceback" not in done.stderr

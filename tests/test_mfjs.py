@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from agentloop.models import mfjs
 
-from .conftest import SHARED
+from .conftest import SHARED, require_shared, shared_missing
 
 WALLE = SHARED / "conformance" / "walle"
 # The vectors come from walle's test-suite, which runs with a deeper enum cap and a smaller depth
@@ -23,6 +23,8 @@ SUITE_LIMITS = mfjs.Limits(
 
 
 def _vectors(kind: str) -> list[tuple[str, str]]:
+    if shared_missing(WALLE):  # one placeholder case, which skips (or fails) saying why
+        return [("walle-missing", "")]
     out = []
     for path in sorted(WALLE.glob(f"*/{kind}.jsonl")):
         for i, line in enumerate(path.read_text().splitlines()):
@@ -36,16 +38,19 @@ INVALID = _vectors("invalid")
 
 
 def test_vector_count() -> None:
+    require_shared(WALLE)
     assert len(VALID) + len(INVALID) == 395
 
 
 @pytest.mark.parametrize(("name", "line"), VALID, ids=[n for n, _ in VALID])
 def test_accepts_valid(name: str, line: str) -> None:
+    require_shared(WALLE)
     assert mfjs.check(line, SUITE_LIMITS, level="ultra") == []
 
 
 @pytest.mark.parametrize(("name", "line"), INVALID, ids=[n for n, _ in INVALID])
 def test_rejects_invalid_naming_the_problem(name: str, line: str) -> None:
+    require_shared(WALLE)
     case = json.loads(line)
     problems = mfjs.check(case["schema"], SUITE_LIMITS, level="ultra")
     assert problems, "accepted an invalid schema"

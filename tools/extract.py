@@ -9,6 +9,10 @@ from __future__ import annotations
 import io
 
 
+class ExtractionError(ValueError):
+    """A document the extractor could not read (a damaged PDF, say); the message says why."""
+
+
 def extract_html(html: str, url: str | None = None) -> tuple[str | None, str]:
     """(title, main text as Markdown) of an HTML page; boilerplate (navigation, footers, cookie
     banners) is dropped. Falls back to all visible text when no main content is found."""
@@ -38,7 +42,10 @@ def extract_pdf(data: bytes) -> tuple[str | None, str]:
         from pypdf import PdfReader
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError('reading PDF needs the pdf extra: pip install "agentloop[pdf]"') from exc
-    reader = PdfReader(io.BytesIO(data))
-    title = reader.metadata.title if reader.metadata else None
-    pages = [page.extract_text() or "" for page in reader.pages]
-    return title, "\n\n".join(p.strip() for p in pages if p.strip())
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        title = reader.metadata.title if reader.metadata else None
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as exc:  # pypdf raises many kinds of error on damaged files
+        raise ExtractionError(f"cannot read the PDF: {type(exc).__name__}: {exc}") from exc
+    return (str(title) if title else None), "\n\n".join(p.strip() for p in pages if p.strip())

@@ -25,6 +25,8 @@ from ..clock import DEFAULT_CLOCK, Clock
 from ..errors import (
     APIError,
     ConfigurationError,
+    ContextLengthError,
+    EmptyResponseError,
     NothingListeningError,
     ProtocolError,
     RetriesExhaustedError,
@@ -33,8 +35,8 @@ from ..errors import (
     UnexpectedResponseError,
     error_from_response,
 )
-from ..limits import Permit, RateLimiter, shared_limiter
-from ..messages import Message
+from ..limits import Permit, RateLimiter, current_loop, shared_limiter
+from ..messages import Message, Usage
 from ..pricing import RateCard
 from ..retry import RetryPolicy
 from .base import (
@@ -43,14 +45,18 @@ from .base import (
     Delta,
     FinishDelta,
     ModelRequest,
+    ReasoningDelta,
     ResponseStarted,
     RetryDelta,
+    TextDelta,
+    ToolCallDelta,
     UsageDelta,
 )
 from .stream import DONE, SSEDecoder, chunk_deltas, message_deltas, parse_chunk
 from .transport import Httpx2Transport, RawResponse, Transport
 
 _UNSET: Any = object()
+DEFAULT_CONTEXT_WINDOW = 128_000
 
 
 def _byte_len(text: str) -> int:
@@ -89,7 +95,7 @@ class OpenAIModel:
         api_key: str | None = None,
         base_url: str | None = None,
         stream: bool = True,
-        context_window: int = 128_000,
+        context_window: int | None = None,
         default_max_tokens: int = 8_192,
         rate_card: RateCard | None = None,
         rpm: int | None = None,
@@ -103,6 +109,10 @@ class OpenAIModel:
         extra_body: dict[str, Any] | None = None,
         send_reasoning: bool = False,
         require_key: bool = False,
+        first_byte_timeout: float | None = _UNSET,
+        idle_timeout: float | None = _UNSET,
+        buffers_stream: bool = _UNSET,
+        generation_tokens_per_s: float = _UNSET,
     ) -> None:
         self.name = model
         key = api_key if api_key is not None else os.environ.get(self.api_key_env)
@@ -114,7 +124,20 @@ class OpenAIModel:
             base_url or os.environ.get(self.base_url_env) or self.default_base_url
         ).rstrip("/")
         self.streaming = stream
-        self.context_window = context_window
+        # An explicit window is authoritative; otherwise the first call reads it from
+        # /v1/models where the server reports it, and a context-length error naming the
+        # window sets it (see discover_context_window and _error).
+        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW
+        self.context_window_source = "explicit" if context_window else "default"
+        self._discover_window = not context_window
+        for name, value in (
+            ("first_byte_timeout", first_byte_timeout),
+            ("idle_timeout", idle_timeout),
+            ("buffers_stream", buffers_stream),
+            ("generation_tokens_per_s", generation_tokens_per_s),
+        ):
+            if value is not _UNSET:
+                setattr(self, name, value)
         self.default_max_tokens = default_max_tokens
         self.min_max_tokens = 1
         self.rate_card = rate_card
@@ -227,6 +250,48 @@ class OpenAIModel:
             total += cached[1]
         return total
 
+    # -- the window --------------------------------------------------------------------------
+    async def discover_context_window(self) -> int | None:
+        """Read this model's window from ``GET /models`` (vLLM and SGLang ``max_model_len``,
+        llama.cpp's llama-server ``meta.n_ctx`` / ``meta.n_ctx_train``, ``context_length`` of
+        the simulator and others) and set ``context_window`` unless it was given explicitly.
+        Done once, lazily, by the first call; the window found or None (not reported, or the
+        request failed: the default stands)."""
+        self._discover_window = False
+        found: int | None = None
+        with anyio.move_on_after(_DISCOVERY_TIMEOUT):
+            try:
+                listing = await self._get_json(f"{self.base_url}/models")
+            except Exception:  # best effort: a server without /models is still a server
+                listing = None
+            found = _listed_window(listing, self.name)
+        if found is not None and self.context_window_source != "explicit":
+            self.context_window = found
+            self.context_window_source = "/models"
+        return found
+
+    async def _get_json(self, url: str) -> Any:
+        """GET through the transport (its optional ``get``; httpx2's pools otherwise)."""
+        get = getattr(self._transport, "get", None)
+        if get is not None:
+            return _json.loads(await get(url, self._headers))
+        transport = self._transport
+        if not isinstance(transport, Httpx2Transport):
+            return None  # a transport that only posts: nothing to ask
+        pools = transport._pools
+        loop = current_loop()
+        if pools.loop is not loop:
+            pools = await transport._pools_for(loop)
+        response = await pools.clients[0].get(url, headers=self._headers)
+        return _json.loads(response.content) if response.status_code == 200 else None
+
+    def _learn_window(self, error: APIError) -> None:
+        """A context-length error that names the window: the server's word is final."""
+        if isinstance(error, ContextLengthError) and error.window:
+            self.context_window = error.window
+            self.context_window_source = "error"
+            self._discover_window = False
+
     # -- the call --------------------------------------------------------------------------
     # How long an attempt waits for the server (wall-clock seconds; None: no bound of its
     # own). Data events count; SSE comments do not. KimiModel takes both as arguments.
@@ -247,7 +312,12 @@ class OpenAIModel:
         return self.first_byte_timeout + max_tokens / self.generation_tokens_per_s, True
 
     async def stream(self, request: ModelRequest) -> AsyncGenerator[Delta, None]:
-        """Stream one model call as deltas, retrying retryable failures (see ``RetryDelta``)."""
+        """Stream one model call as deltas, retrying retryable failures (see ``RetryDelta``).
+
+        A response that reports no usage ends with an estimated ``UsageDelta`` (the prompt's
+        estimate and one of the output), marked ``Usage.estimated``."""
+        if self._discover_window:
+            await self.discover_context_window()
         input_estimate = (
             request.input_tokens
             if request.input_tokens is not None
@@ -263,6 +333,7 @@ class OpenAIModel:
         # max_total_s counts the time without data: from the start, or the last data event
         progress = _Progress(started)
         attempt = 0
+        empties = 0  # attempts answered 200 with no data at all
         while True:
             attempt += 1
             permit = None
@@ -273,13 +344,41 @@ class OpenAIModel:
             billed = reserve
             try:
                 attempt_deltas = self._attempt(payload, attempt, permit, progress, first_wait)
+                reported = False
+                output = 0  # characters of output, for the estimate if no usage comes
+                calls = 0
                 async with contextlib.aclosing(attempt_deltas):  # closed at once when we stop
                     async for delta in attempt_deltas:
-                        if isinstance(delta, UsageDelta):
-                            billed = delta.usage.total_tokens
+                        kind = type(delta)
+                        if kind is TextDelta or kind is ReasoningDelta:
+                            output += len(delta.text)  # type: ignore[union-attr]
+                        elif kind is ToolCallDelta:
+                            output += len(delta.arguments)  # type: ignore[union-attr]
+                            if delta.name:  # type: ignore[union-attr]
+                                calls += 1
+                        elif kind is UsageDelta:
+                            billed = delta.usage.total_tokens  # type: ignore[union-attr]
+                            reported = True
                         yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
+                if not reported:
+                    usage = Usage(
+                        input_tokens=input_estimate,
+                        output_tokens=(output + 16 * calls) // 4 + 1,
+                        estimated=True,
+                    )
+                    billed = usage.total_tokens
+                    yield UsageDelta(usage)
                 return
             except APIError as error:
+                self._learn_window(error)
+                if isinstance(error, _EmptyBodyError):
+                    empties += 1
+                    if empties > 1:  # the same request answered with nothing twice
+                        raise EmptyResponseError(
+                            f"{error.message}, twice for the same request",
+                            status=200,
+                            request_id=error.request_id,
+                        ) from error
                 now = clock.now()
                 wait = self.retry.delay(attempt, error)
                 reason = self.retry.give_up(attempt, error, now - progress.anchor, wait)
@@ -332,7 +431,7 @@ class OpenAIModel:
                     f"base_url (or {self.base_url_env})",
                 ) from None
             if scope.cancelled_caught:
-                raise _stalled("headers", wait, capped)
+                raise _stalled("headers", wait, self._why(capped, generation))
             if permit is not None:
                 permit.touch()
             headers = response.headers
@@ -342,7 +441,7 @@ class OpenAIModel:
                     # read inline: a local holding the body would show a key the server echoed
                     # in any traceback rendered with its locals (the exception's text is redacted)
                     raise self._error(response.status, await response.read(), request_id, headers)
-                raise _stalled("error body", gap, gap_capped)
+                raise _stalled("error body", gap, self._why(gap_capped, None))
             content_type = headers.get("content-type") or ""
             media = content_type.partition(";")[0].strip().lower()
             sse = media == "text/event-stream" or (not media and self.streaming)
@@ -363,8 +462,14 @@ class OpenAIModel:
                 ) as scope:
                     raw = await response.read()
                 if scope.cancelled_caught:
-                    raise _stalled("body", gap, gap_capped)
+                    if wait is not None and wait > gap:
+                        raise _stalled("body", wait, self._why(capped, generation))
+                    raise _stalled("body", gap, self._why(gap_capped, None))
                 progress.anchor = clock.now()
+                if not raw.strip():
+                    raise _EmptyBodyError(
+                        "the server answered 200 with an empty body", request_id=request_id
+                    )
                 try:
                     obj = _json.loads(raw)
                 except (ValueError, RecursionError):
@@ -393,10 +498,12 @@ class OpenAIModel:
                         chunk = await receive()
                 except StopAsyncIteration:
                     break
+                except StreamInterruptedError as exc:
+                    raise self._named_timeout(exc) from None
                 if scope.cancelled_caught:
                     if data_seen:
-                        raise _stalled("gap", gap, gap_capped, bytes_since)
-                    raise _stalled("first", first, capped, bytes_since)
+                        raise _stalled("gap", gap, self._why(gap_capped, None), bytes_since)
+                    raise _stalled("first", first, self._why(capped, generation), bytes_since)
                 events = decoder.feed(chunk)
                 if not events:
                     left -= current_time() - now
@@ -426,6 +533,8 @@ class OpenAIModel:
                     ):
                         async for _ in chunks:
                             pass
+                    if not finished:
+                        raise _cut_at_done(request_id)
                     return
             for event in decoder.flush():  # a last event without its blank line
                 if event == DONE:
@@ -437,7 +546,15 @@ class OpenAIModel:
                     finished = True
                 yield delta  # noqa: ASYNC119
             if done:
+                if not finished:
+                    raise _cut_at_done(request_id)
                 return
+            if not data_seen and not out:
+                raise _EmptyBodyError(
+                    "the server answered 200 with an empty body"
+                    + (" (keep-alive comments only)" if bytes_since else ""),
+                    request_id=request_id,
+                )
             raise StreamInterruptedError(
                 "the stream ended before [DONE]"
                 + ("" if finished else " and before a finish_reason"),
@@ -465,6 +582,35 @@ class OpenAIModel:
             status=200,
             request_id=request_id,
         )
+
+    def _named_timeout(self, error: StreamInterruptedError) -> StreamInterruptedError:
+        """The HTTP library's own read timeout (a ``client=`` or transport of the caller's:
+        agentloop's own waits are bounded above) is a stall: say which timeout it was."""
+        if "Timeout" not in error.message or isinstance(error, StreamStalledError):
+            return error
+        return StreamStalledError(
+            f"the HTTP client's read timeout fired mid-stream ({error.message})",
+            request_id=error.request_id,
+            hint="that timeout belongs to the transport or client= passed in (agentloop's "
+            f"own waits are first_byte_timeout={_seconds(self.first_byte_timeout)} and "
+            f"idle_timeout={_seconds(self.idle_timeout)}): raise its read timeout or leave "
+            f"it unset; {_BUFFERING_HINT}",
+        )
+
+    def _why(self, capped: bool, generation: bool | None) -> tuple[str, bool]:
+        """The timeout that bounded a wait, named with its value, and whether the server may be
+        buffering a whole generation (``generation``: None for the idle timeout)."""
+        if capped:
+            return f"what was left of RetryPolicy.max_total_s={self.retry.max_total_s:g}s", False
+        if generation is None:
+            return f"idle_timeout={_seconds(self.idle_timeout)}", False
+        if generation:
+            return (
+                f"first_byte_timeout={_seconds(self.first_byte_timeout)} + max_tokens / "
+                f"generation_tokens_per_s={self.generation_tokens_per_s:g}",
+                False,
+            )
+        return f"first_byte_timeout={_seconds(self.first_byte_timeout)}", True
 
     def _error(self, status: int, raw: bytes, request_id: str | None, headers: Any) -> APIError:
         try:
@@ -523,8 +669,52 @@ def _seconds(value: float | None) -> str:
     return "ever" if value is None else f"{value:.3g}s"
 
 
+_DISCOVERY_TIMEOUT = 10.0  # seconds the first call waits for GET /models at most
+_WINDOW_KEYS = ("max_model_len", "context_length", "context_window", "max_context_length")
+
+
+def _listed_window(listing: Any, model: str) -> int | None:
+    """The window a ``/models`` listing reports for ``model`` (the only model listed counts:
+    llama.cpp serves one, under the name of its file), or None."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        return None
+    entries = [e for e in data if isinstance(e, dict)]
+    entry = next((e for e in entries if e.get("id") == model), None)
+    if entry is None and len(entries) == 1:
+        entry = entries[0]
+    if entry is None:
+        return None
+    meta = entry.get("meta")
+    candidates = [entry.get(key) for key in _WINDOW_KEYS]
+    if isinstance(meta, dict):  # llama-server: n_ctx when it says, else the trained window
+        candidates += [meta.get("n_ctx"), meta.get("n_ctx_train")]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+class _EmptyBodyError(StreamInterruptedError):
+    """A 200 with no data at all: retried once; a repeat is ``EmptyResponseError``."""
+
+
+def _cut_at_done(request_id: str | None) -> StreamInterruptedError:
+    return StreamInterruptedError(
+        "the stream ended with [DONE] but no finish_reason (the server cut it short)",
+        request_id=request_id,
+    )
+
+
+_BUFFERING_HINT = (
+    "a server that buffers the whole generation when tools are offered (llama.cpp) sends "
+    "nothing until it is done: size the wait to max_tokens at its decode speed "
+    "(buffers_stream=True, generation_tokens_per_s=...) or raise first_byte_timeout"
+)
+
+
 def _stalled(
-    phase: str, wait: float | None, capped: bool, bytes_since: bool = False
+    phase: str, wait: float | None, why: tuple[str, bool], bytes_since: bool = False
 ) -> StreamStalledError:
     s = _seconds(wait)
     if phase == "headers":
@@ -540,9 +730,11 @@ def _stalled(
         text = f"the stream stalled: no data for {s} after the last event ({what})"
     else:  # a whole body (an error's, or a non-streamed answer's) that did not come
         text = f"the server sent its headers, then not the whole {phase} within {s}"
-    if capped:
+    setting, buffering = why
+    if setting.startswith("what was left"):
         text += " (what was left of RetryPolicy.max_total_s)"
-    return StreamStalledError(text)
+    hint = f"{setting} fired"  # which timeout, and its value; never advice on the rate
+    return StreamStalledError(text, hint=f"{hint}; {_BUFFERING_HINT}" if buffering else hint)
 
 
 def _head(raw: bytes) -> str:

@@ -33,6 +33,7 @@ from ..clock import Clock, MonotonicClock
 from ..models import mfjs
 from .faults import FaultPlan
 from .policies import Policy, PolicyContext, ToolCall, ToolLoopPolicy, Turn
+from .profiles import ServerProfile, profile
 
 MODELS = {
     "kimi-k2.6": 262_144,
@@ -138,6 +139,10 @@ class SimConfig:
     latency: float = 0.0  # seconds before the first byte (on the clock)
     batch_delay: float = 0.0  # seconds between network writes of a stream (a slow generation)
     clock: Clock = field(default_factory=MonotonicClock)
+    # which server to be (profiles.py): "kimi", "llamacpp", "llama-server", "vllm", "sglang",
+    # "openai", or a ServerProfile; ``models`` overrides the profile's models and windows
+    profile: str | ServerProfile = "kimi"
+    models: dict[str, int] | None = None
 
 
 @dataclass
@@ -150,6 +155,8 @@ class SimStats:
     cached_tokens: int = 0
     completion_tokens: int = 0
     max_in_flight: int = 0
+    cut_at_done: int = 0  # streams ended with [DONE] and no finish_reason (profile)
+    empty_overflows: int = 0  # streamed prompts over the window answered 200, empty (profile)
     connections: int = 0  # TCP connections accepted (a client that pools reuses a few)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     # beside each body: the usage its completion reported (or would have, for a cut stream);
@@ -173,6 +180,8 @@ class SimServer:
 
     def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.config = config or SimConfig()
+        self.profile = profile(self.config.profile)
+        self.models = dict(self.config.models or self.profile.models or MODELS)
         self.host = host
         self.port = port
         self.stats = SimStats()
@@ -318,10 +327,7 @@ class SimServer:
         try:
             key = self._authenticate(headers)
             if method == "GET" and path == "/v1/models":
-                data = [
-                    {"id": m, "object": "model", "owned_by": "moonshot", "context_length": w}
-                    for m, w in MODELS.items()
-                ]
+                data = [self.profile.listing(m, w) for m, w in self.models.items()]
                 await self._send_json(writer, 200, {"object": "list", "data": data}, None, trace)
                 return True
             if method == "POST" and path == "/v1/tokenizers/estimate-token-count":
@@ -348,6 +354,8 @@ class SimServer:
     def _authenticate(self, headers: dict[str, str]) -> str:
         auth = headers.get("authorization", "")
         key = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not self.profile.kimi_contract:
+            return key  # a local server takes any key, or none
         region = self.config.api_keys.get(key)
         if not key or region != self.config.region:
             message = "Invalid Authentication"
@@ -368,13 +376,14 @@ class SimServer:
             raise SimError(400, "invalid_request_error", "Invalid request: body must be an object")
         return req
 
-    @staticmethod
-    def _check_model(model: Any) -> int:
-        if model not in MODELS:
+    def _check_model(self, model: Any) -> int:
+        if model not in self.models:
+            if self.profile.any_model and self.models:  # one model, whatever it is called
+                return next(iter(self.models.values()))
             raise SimError(
                 404, "resource_not_found_error", f"Not found the model {model} or Permission denied"
             )
-        return MODELS[model]
+        return self.models[model]
 
     # -- rate limits -------------------------------------------------------------------------
     def _admit(self, account: _Account, prompt_tokens: int) -> list[float]:
@@ -600,7 +609,8 @@ class SimServer:
         window = self._check_model(req.get("model"))
         account = self._accounts.setdefault(key, _Account())
         self.stats.completions += 1
-        fault = cfg.faults.pick(self.stats.completions)
+        number = self.stats.completions
+        fault = cfg.faults.pick(number)
         if fault == "auth":
             raise SimError(401, "invalid_authentication_error", "Invalid Authentication")
         if fault == "reset":
@@ -611,9 +621,14 @@ class SimServer:
             raise SimError(400, "invalid_request_error", "Invalid request: messages missing")
         prompt_tokens = prompt_size(req)  # tools included, as reported and as admitted (TPM)
         if prompt_tokens + max_tokens > window:
-            raise SimError(
-                400, "invalid_request_error", f"Your request exceeded model token limit: {window}"
-            )
+            prof = self.profile
+            if req.get("stream") and prof.streamed_overflow == "empty200":
+                self.stats.empty_overflows += 1  # llama-cpp-python: 200, then nothing
+                await self._send_body(writer, 200, "text/event-stream", b"", None, trace)
+                return True
+            status, error = prof.context_error(window, prompt_tokens, max_tokens)
+            await self._send_json(writer, status, error, None, trace)
+            return True
         if fault == "429":
             wait = cfg.faults.retry_after
             raise SimError(
@@ -702,6 +717,11 @@ class SimServer:
             if delay:
                 await cfg.clock.sleep(delay)
             created = int(time.time())
+            prof = self.profile
+            if req.get("stream") and (
+                number in prof.cut_streams or (prof.cut_when_busy and account.in_flight > 1)
+            ):
+                return await self._cut_at_done(writer, trace, req, created)
             if not req.get("stream"):
                 payload = {
                     "id": f"chatcmpl-{trace}",
@@ -820,6 +840,31 @@ class SimServer:
                 writer.write(_chunked(keepalive))
                 await writer.drain()  # raises once the client has closed the connection
 
+    async def _cut_at_done(
+        self, writer: asyncio.StreamWriter, trace: str, req: dict[str, Any], created: int
+    ) -> bool:
+        """A role chunk, then ``[DONE]``: no finish_reason, no usage (the recorded
+        ``cut_under_concurrency.txt``)."""
+        self.stats.cut_at_done += 1
+        chunk = {
+            "id": f"chatcmpl-{trace}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": req["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant"},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
+        body = (PING if self.profile.ping else b"") + b"data: " + json.dumps(chunk).encode()
+        body += b"\n\ndata: [DONE]\n\n"
+        await self._send_body(writer, 200, "text/event-stream", body, None, trace)
+        return True
+
     async def _stream(
         self,
         writer: asyncio.StreamWriter,
@@ -836,7 +881,13 @@ class SimServer:
             f"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\nx-trace-id: {trace}"
             "\r\n\r\n"
         )
+        prof = self.profile
+        if prof.buffers_tools and req.get("tools"):
+            # the whole generation happens before the first byte (llama-cpp-python with tools)
+            await self.config.clock.sleep(usage["completion_tokens"] / prof.decode_tokens_per_s)
         writer.write(head.encode())
+        if prof.ping:
+            writer.write(_chunked(PING))
         self.stats.by_status[200] = self.stats.by_status.get(200, 0) + 1
         base = {
             "id": f"chatcmpl-{trace}",
@@ -884,7 +935,11 @@ class SimServer:
             **base,
             "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
         }
-        if placement == "choice":
+        options = req.get("stream_options")
+        wanted = isinstance(options, dict) and options.get("include_usage") is True
+        if prof.stream_usage == "never" or (prof.stream_usage == "requested" and not wanted):
+            pass  # no usage in the stream
+        elif placement == "choice":
             final["choices"][0]["usage"] = usage
         else:
             final["usage"] = usage
@@ -907,6 +962,7 @@ PORTAL_PAGE = (
     + b"</body></html>"
 )
 KEEPALIVE = b": keep-alive\n\n"
+PING = b": ping - 2026-12-01 22:07:25.906126+00:00\n\n"  # sse-starlette's, as recorded
 
 
 def _chunked(data: bytes) -> bytes:
