@@ -27,7 +27,7 @@ import anyio
 
 from . import events as ev
 from .budget import CallKind, Spent, context_line, fit_call
-from .errors import AgentloopError, EstimatedUsageWarning
+from .errors import AgentloopError, ContextLengthError, EstimatedUsageWarning
 from .messages import Message, Usage
 from .models.base import (
     Assembler,
@@ -200,6 +200,7 @@ class Run:
 
     async def _loop(self) -> Ending:
         max_steps = self.budget.max_steps
+        overflowed = False  # a context-length error was met on this step already
         while True:
             number = len(self.state.steps) + 1
             if max_steps is not None and number > max_steps:
@@ -212,7 +213,19 @@ class Run:
             max_tokens, ending = self._fit("step", self._prompt_size())
             if max_tokens is None:
                 return ending
-            outcome = await self._step(number, max_tokens)
+            try:
+                outcome = await self._step(number, max_tokens)
+            except ContextLengthError:
+                if overflowed:
+                    raise
+                # The server counts the prompt larger than we did (or has a smaller window,
+                # which the model client has learnt from the error): measure afresh, let the
+                # strategies act on the new numbers, and try the step once more.
+                overflowed = True
+                self.state.measured = None
+                self.state.size_memo = None
+                continue
+            overflowed = False
             if outcome.kind != "tools":
                 return self._end_of(outcome)
             if self._looping():

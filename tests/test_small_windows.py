@@ -53,3 +53,40 @@ def test_the_cap_is_the_smaller_of_tokens_and_share() -> None:
     truncate._line = 7_000
     assert truncate.cap() == 1_750
     assert default_strategies()[0] == TruncateResults()
+
+
+async def test_a_context_length_error_runs_the_strategies_and_retries_once(
+    sim_factory: SimFactory,
+) -> None:
+    # the client believes in a 128K window; the server's is 8K and says so in its 400
+    sim = await sim_factory(strict=True, policy=ScriptedPolicy([Turn(content="done")]))
+    model = kimi(sim, model="moonshot-v1-8k", thinking=False, max_tokens=1_024)
+    model.context_window = 128_000
+    history = [
+        {"role": "user", "content": "read this"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "dump", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "word " * 12_000},
+        {"role": "user", "content": "and now answer"},
+    ]
+    result = await Agent(model, tools=[dump]).run(history=history)
+    assert sim.stats.by_status.get(400) == 1  # one overflow, then the edited history fitted
+    assert result.stop_reason == "completed", result.error
+    assert model.context_window == 8_192
+
+
+async def test_a_prompt_the_learnt_window_cannot_hold_is_not_sent_again(
+    sim_factory: SimFactory,
+) -> None:
+    sim = await sim_factory(strict=True, policy=ScriptedPolicy([Turn(content="done")]))
+    model = kimi(sim, model="moonshot-v1-8k", thinking=False, max_tokens=1_024)
+    huge = [{"role": "user", "content": "word " * 12_000}]  # nothing a strategy may cut
+    result = await Agent(model, context=[]).run(history=huge)
+    # the 400 taught the 8K window; the same prompt is then not sent again
+    assert result.stop_reason == "token_budget" and "context_window" in (result.detail or "")
+    assert sim.stats.by_status.get(400) == 1
