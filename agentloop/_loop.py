@@ -370,6 +370,8 @@ class Run:
     async def _call(self, number: int, max_tokens: int, final: bool) -> ModelResponse:
         """One step's model call, its deltas emitted as they arrive."""
         specs = self.agent.toolbox.specs
+        if final and not getattr(self.model, "final_answer_keeps_tools", True):
+            specs = []  # a server that ignores tool_choice "none": ask without tools
         request = ModelRequest(
             self.state.messages,
             specs,

@@ -227,3 +227,20 @@ async def test_a_measured_prompt_never_counts_less_than_the_message_sent_back(
     await Agent(kimi(sim), tools=[lookup], budget=budget, context=[]).run("go")
     for body, usage in zip(sim.stats.bodies, sim.stats.usages, strict=True):
         assert usage is None or usage["prompt_tokens"] + body["max_tokens"] <= 50_000
+
+
+async def test_a_model_can_ask_for_final_answers_without_tools(sim_factory: SimFactory) -> None:
+    sim = await sim_factory(
+        strict=True,
+        honour_tool_choice=False,  # a model that calls tools even under tool_choice "none"
+        policy=lambda ctx: (
+            Turn(tool_calls=[ToolCall("lookup", '{"query": "x"}')])
+            if ctx.function_names()
+            else Turn(content="answer without tools")
+        ),
+    )
+    model = kimi(sim, final_answer_keeps_tools=False)
+    result = await Agent(model, tools=[lookup], budget=Budget(max_steps=2)).run("go")
+    assert result.stop_reason == "max_steps" and result.output == "answer without tools"
+    final = sim.stats.bodies[-1]
+    assert "tools" not in final and "tool_choice" not in final

@@ -109,6 +109,7 @@ class OpenAIModel:
         extra_body: dict[str, Any] | None = None,
         send_reasoning: bool = False,
         require_key: bool = False,
+        final_answer_keeps_tools: bool = True,
         first_byte_timeout: float | None = _UNSET,
         idle_timeout: float | None = _UNSET,
         buffers_stream: bool = _UNSET,
@@ -145,6 +146,9 @@ class OpenAIModel:
         self.clock = clock
         self.extra_body = dict(extra_body or {})
         self.send_reasoning = send_reasoning
+        # The final-answer call keeps the tools (and the cached prefix) with tool_choice "none";
+        # False drops them instead, for servers whose models call tools regardless.
+        self.final_answer_keeps_tools = final_answer_keeps_tools
         if limiter is _UNSET:
             limiter = (
                 shared_limiter(
