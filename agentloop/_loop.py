@@ -405,6 +405,9 @@ class Run:
                         raise _BudgetStop(ending)  # the retry could bill past a limit
                 assembler.feed(delta)
         response = assembler.finish()
+        finish = getattr(self.model, "finish_response", None)
+        if finish is not None:
+            response = finish(response)
         self._book(response.usage)
         return response
 

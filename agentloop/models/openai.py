@@ -45,6 +45,7 @@ from .base import (
     Delta,
     FinishDelta,
     ModelRequest,
+    ModelResponse,
     ReasoningDelta,
     ResponseStarted,
     RetryDelta,
@@ -53,6 +54,7 @@ from .base import (
     UsageDelta,
 )
 from .stream import DONE, SSEDecoder, chunk_deltas, message_deltas, parse_chunk
+from .text_calls import extract_text_tool_calls
 from .transport import Httpx2Transport, RawResponse, Transport
 
 _UNSET: Any = object()
@@ -110,6 +112,7 @@ class OpenAIModel:
         send_reasoning: bool = False,
         require_key: bool = False,
         final_answer_keeps_tools: bool = True,
+        text_tool_calls: bool = False,
         first_byte_timeout: float | None = _UNSET,
         idle_timeout: float | None = _UNSET,
         buffers_stream: bool = _UNSET,
@@ -149,6 +152,9 @@ class OpenAIModel:
         # The final-answer call keeps the tools (and the cached prefix) with tool_choice "none";
         # False drops them instead, for servers whose models call tools regardless.
         self.final_answer_keeps_tools = final_answer_keeps_tools
+        # small models often write <tool_call>{...}</tool_call> as text: parse it (opt-in)
+        self.text_tool_calls = text_tool_calls
+        self._text_calls = 0
         if limiter is _UNSET:
             limiter = (
                 shared_limiter(
@@ -295,6 +301,18 @@ class OpenAIModel:
             self.context_window = error.window
             self.context_window_source = "error"
             self._discover_window = False
+
+    def finish_response(self, response: ModelResponse) -> ModelResponse:
+        """The assembled response as the agent should take it: with ``text_tool_calls``, tool
+        calls written as text become structured calls (validated like any other)."""
+        if not self.text_tool_calls:
+            return response
+        self._text_calls += 1
+        fixed = extract_text_tool_calls(response.message, str(self._text_calls))
+        if fixed is not None:
+            response.message = fixed
+            response.finish_reason = "tool_calls"
+        return response
 
     # -- the call --------------------------------------------------------------------------
     # How long an attempt waits for the server (wall-clock seconds; None: no bound of its
