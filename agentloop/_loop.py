@@ -201,6 +201,9 @@ class Run:
     async def _loop(self) -> Ending:
         max_steps = self.budget.max_steps
         overflowed = False  # a context-length error was met on this step already
+        if not getattr(self.model, "window_known", True):
+            # ask the server for its window before the first step is sized against a default
+            await self.model.discover_context_window()  # type: ignore[attr-defined]
         while True:
             number = len(self.state.steps) + 1
             if max_steps is not None and number > max_steps:

@@ -9,8 +9,12 @@ import contextlib
 import importlib
 import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 from rich.console import Console
@@ -20,9 +24,9 @@ from . import events as ev
 from .agent import Agent
 from .budget import PRESETS, Budget
 from .errors import ConfigurationError
-from .live import RunView, plain_line, step_table
+from .live import PlainPrinter, RunView, step_table
 from .models.base import BuiltinTool
-from .models.kimi import KimiModel
+from .models.kimi import CHINA, KimiModel
 from .result import RunResult
 from .sim import POLICIES, BrowsePolicy, FaultPlan, SimConfig, SimServer
 from .tools import Tool, tool
@@ -50,7 +54,9 @@ def _sim(args: argparse.Namespace) -> int:
     async def main() -> None:
         await server.start()
         print(
-            f"Kimi API simulator on {server.base_url} (key {args.key!r}, policy {args.policy})",
+            f"Kimi API simulator on {server.base_url} (key {args.key!r}, policy {args.policy})\n"
+            f"point a run at it: MOONSHOT_API_KEY={args.key} agentloop run TASK "
+            f"--base-url {server.base_url}",
             flush=True,
         )
         await asyncio.Event().wait()
@@ -124,6 +130,52 @@ def _budget(args: argparse.Namespace) -> Budget:
     return budget.with_(**changes) if changes else budget
 
 
+class Interrupts:
+    """SIGINT and SIGTERM during a run: the first stops the run through ``RunStream.cancel()``
+    (it then finishes as usual, with ``stop_reason="cancelled"``), a second exits at once.
+    ``exit_code`` is 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._cancel: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.live = False  # a live view hides the cursor: give it back on a hard exit
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signal is None else 128 + self.signal
+
+    def install(self, cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
+        self._loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            self._loop.add_signal_handler(sig, self._received, sig)
+
+    def uninstall(self) -> None:
+        if self._loop is not None:
+            for sig in self.SIGNALS:
+                self._loop.remove_signal_handler(sig)
+            self._loop = None
+
+    def _received(self, sig: int) -> None:
+        if self.signal is not None:
+            if self.live:
+                sys.stdout.write("\x1b[?25h\n")
+            sys.stdout.flush()
+            print("agentloop: stopped at once", file=sys.stderr, flush=True)
+            os._exit(128 + sig)
+        self.signal = sig
+        print(
+            f"agentloop: {signal.Signals(sig).name}: stopping the run (again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self._cancel is not None:
+            self._cancel()
+
+
 async def show_run(
     agent: Agent,
     task: str,
@@ -132,29 +184,45 @@ async def show_run(
     transcript: str | None = None,
     show_reasoning: bool = False,
     console: Console | None = None,
+    interrupts: Interrupts | None = None,
+    show_error: bool = True,
 ) -> RunResult:
-    """Run ``agent`` on ``task``, showing it as ``mode`` ("live", "plain" or "json")."""
+    """Run ``agent`` on ``task``, showing it as ``mode`` ("live", "plain" or "json").
+
+    ``interrupts``: stop the run on SIGINT/SIGTERM (the command line). ``show_error=False``
+    leaves the run's error out of the view, for a caller that reports it itself."""
     console = console or Console(highlight=False)
-    view = RunView(budget=agent.budget, show_reasoning=show_reasoning)
+    view = RunView(budget=agent.budget, show_reasoning=show_reasoning, show_error=show_error)
+    printer = PlainPrinter(show_reasoning=show_reasoning, show_error=show_error)
     writer = TranscriptWriter(transcript) if transcript else None
     live = Live(view.render(), console=console, refresh_per_second=8) if mode == "live" else None
     try:
         if live is not None:
             live.start()
         async with agent.stream(task) as stream:
+            if interrupts is not None:
+                interrupts.live = live is not None
+                interrupts.install(stream.cancel)
             async for event in stream:
                 if writer:
                     writer.write(event)
                 view.feed(event)
                 if live is not None:
+                    if isinstance(event, ev.StepFinished):
+                        # printed above the live view: every step stays visible, even a step
+                        # shorter than a frame
+                        live.console.print(view.step_summary(event))
                     live.update(view.render())
                 elif mode == "json":
                     print(json.dumps(event_to_dict(event), ensure_ascii=False), flush=True)
                 else:
-                    line = plain_line(event)
-                    if line:
+                    for line in printer.lines(event):
                         print(line, flush=True)
+        if live is not None:
+            live.update(view.render(), refresh=True)  # the final frame, however short the run
     finally:
+        if interrupts is not None:
+            interrupts.uninstall()
         if live is not None:
             live.stop()
         if writer:
@@ -171,7 +239,44 @@ def _mode(args: argparse.Namespace) -> str:
     return "live"
 
 
+# an error the server answered that means the configuration is wrong (key, region, model, URL)
+_CONFIG_ERROR = re.compile(r"^(?:HTTP )?(?:401|403|404)\b")
+_MISSING_KEY = (
+    "MOONSHOT_API_KEY is not set. Create a key at https://platform.moonshot.ai (international) "
+    "or https://platform.moonshot.cn (China) and `export MOONSHOT_API_KEY=sk-...`; keys are "
+    f"region-bound: for a .cn key also pass --base-url {CHINA} (or set MOONSHOT_BASE_URL). "
+    "Against the simulator (`agentloop sim`) any value works: "
+    "MOONSHOT_API_KEY=sk-sim agentloop run TASK --base-url http://127.0.0.1:8765/v1"
+)
+
+
+def _exit_code(result: RunResult, interrupts: Interrupts, command: str) -> int:
+    if result.stop_reason == "cancelled" and interrupts.exit_code is not None:
+        return interrupts.exit_code
+    if result.error:
+        if _CONFIG_ERROR.match(result.error):
+            print(
+                f"agentloop {command}: {result.error}. On the command line: --base-url URL "
+                "(or MOONSHOT_BASE_URL), the key in MOONSHOT_API_KEY, the model with --model",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"agentloop {command}: {result.error}", file=sys.stderr)
+    return EXIT_CODES.get(result.stop_reason, 1)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if not os.environ.get(KimiModel.api_key_env):
+        print(f"agentloop run: {_MISSING_KEY}", file=sys.stderr)
+        return 2
+    env_url = os.environ.get(KimiModel.base_url_env)
+    if args.base_url is None and env_url and not _is_url(env_url):
+        print(
+            f"agentloop run: MOONSHOT_BASE_URL={env_url!r} is not an http(s) URL "
+            "(e.g. https://api.moonshot.ai/v1); fix it or pass --base-url",
+            file=sys.stderr,
+        )
+        return 2
     try:
         budget = _budget(args)
         tools = load_tools(args.tools or [])
@@ -180,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"agentloop run: {exc}", file=sys.stderr)
         return 2
     agent = Agent(model, tools=tools, instructions=args.instructions, budget=budget)
+    interrupts = Interrupts()
     result = anyio.run(
         lambda: show_run(
             agent,
@@ -187,17 +293,19 @@ def _run(args: argparse.Namespace) -> int:
             mode=_mode(args),
             transcript=args.transcript,
             show_reasoning=args.show_reasoning,
+            interrupts=interrupts,
+            show_error=False,
         )
     )
-    if result.error:
-        print(f"agentloop run: {result.error}", file=sys.stderr)
-    return EXIT_CODES.get(result.stop_reason, 1)
+    return _exit_code(result, interrupts, "run")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from agentloop_tools.stdlib_docs import stdlib_index
 
-    async def main() -> int:
+    interrupts = Interrupts()
+
+    async def main() -> RunResult:
         index = stdlib_index()
         config = SimConfig(policy=BrowsePolicy(), strict=True)
         async with SimServer(config) as sim:
@@ -211,11 +319,20 @@ def _demo(args: argparse.Namespace) -> int:
                 ),
                 budget=Budget(max_steps=10),
             )
-            result = await show_run(agent, args.task, mode=_mode(args), transcript=args.transcript)
-            await model.aclose()
-            return EXIT_CODES.get(result.stop_reason, 1)
+            try:
+                return await show_run(
+                    agent,
+                    args.task,
+                    mode=_mode(args),
+                    transcript=args.transcript,
+                    show_reasoning=args.show_reasoning,
+                    interrupts=interrupts,
+                    show_error=False,
+                )
+            finally:
+                await model.aclose()
 
-    return anyio.run(main)
+    return _exit_code(anyio.run(main), interrupts, "demo")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -226,12 +343,16 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     console = Console(highlight=False)
     view = RunView(show_reasoning=args.show_reasoning)
+    printer = PlainPrinter(show_reasoning=args.show_reasoning)
     for event in saved.events:
         view.feed(event)
-        if not isinstance(event, ev.ReasoningDelta | ev.TextDelta) and not args.summary:
-            line = plain_line(event)
-            if line and args.plain:
-                console.print(line, markup=False)
+        if not args.summary:  # the run as it went, one plain line per event (never wrapped)
+            for line in printer.lines(event):
+                print(line)
+    if not args.summary:
+        for line in printer.flush():
+            print(line)
+    sys.stdout.flush()
     if not args.plain:
         console.print(view.render())
     steps = [e for e in saved.events if isinstance(e, ev.StepFinished)]
@@ -242,6 +363,66 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- argument types: a bad value is one line and exit 2, before anything runs ------------------
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}; give at least {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0 picks a free one)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive amount")
+    return value
+
+
+def _is_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
+
+
+def _url(text: str) -> str:
+    if not _is_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http(s) URL (e.g. https://api.moonshot.ai/v1 or the "
+            "simulator's http://127.0.0.1:8765/v1)"
+        )
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (what is wrong, and where help is), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON event per line")
     parser.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
@@ -249,14 +430,14 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentloop", description=__doc__)
+    parser = _Parser(prog="agentloop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sim", help="run the Kimi API simulator on loopback")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=_port, default=8765, help="0 picks a free port")
     p.add_argument("--policy", choices=sorted(POLICIES), default="tools")
-    p.add_argument("--rpm", type=int)
-    p.add_argument("--tpm", type=int)
-    p.add_argument("--concurrency", type=int)
+    p.add_argument("--rpm", type=_at_least(1))
+    p.add_argument("--tpm", type=_at_least(1))
+    p.add_argument("--concurrency", type=_at_least(1))
     p.add_argument("--faults", help='e.g. "429@3,cut@7" or "500=0.05,reset=0.01"')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="enforce the soft rules too")
@@ -264,16 +445,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_sim)
     r = sub.add_parser("run", help="run an agent on a task, with a live view")
     r.add_argument("task")
-    r.add_argument("--tools", nargs="+", metavar="MODULE[:ATTR]", help="where the tools are")
+    r.add_argument(
+        "--tools",
+        action="append",
+        metavar="MODULE[:ATTR]",
+        help="a tool module (every @tool in it) or one attribute of it; repeat for more",
+    )
     r.add_argument("--model", default="kimi-k2.6")
-    r.add_argument("--base-url", help="the API's base URL (default: MOONSHOT_BASE_URL or Kimi's)")
+    r.add_argument(
+        "--base-url", type=_url, help="the API's base URL (default: MOONSHOT_BASE_URL or Kimi's)"
+    )
     r.add_argument("--instructions", help="the system prompt")
     r.add_argument("--preset", metavar="NAME", help="budget preset: " + ", ".join(sorted(PRESETS)))
-    r.add_argument("--max-steps", type=int)
-    r.add_argument("--per-step-tokens", type=int)
-    r.add_argument("--total-tokens", type=int)
-    r.add_argument("--max-cost-usd", type=float)
-    r.add_argument("--rpm", type=int, default=50, help="requests per minute allowed (default 50)")
+    r.add_argument("--max-steps", type=_at_least(1))
+    r.add_argument("--per-step-tokens", type=_at_least(1))
+    r.add_argument("--total-tokens", type=_at_least(1))
+    r.add_argument("--max-cost-usd", type=_positive_float)
+    r.add_argument(
+        "--rpm", type=_at_least(1), default=50, help="requests per minute allowed (default 50)"
+    )
     r.add_argument("--transcript", metavar="FILE", help="save the run as JSON Lines")
     _output_flags(r)
     r.set_defaults(func=_run)
@@ -286,12 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.set_defaults(func=_demo)
     p = sub.add_parser("replay", help="show a saved transcript and its per-step table")
     p.add_argument("file")
-    p.add_argument("--plain", action="store_true", help="print every event as a line")
-    p.add_argument("--summary", action="store_true", help="only the final view and the table")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--plain", action="store_true", help="the events as lines and the table")
+    shown.add_argument("--summary", action="store_true", help="only the final view and the table")
     p.add_argument("--show-reasoning", action="store_true")
     p.set_defaults(func=_replay)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # before or after a run (a run itself handles Ctrl-C)
+        print("agentloop: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class RunView:
     budget: Budget = field(default_factory=Budget)
     show_reasoning: bool = False
     reasoning_lines: int = 4
+    # False when the caller reports the run's error itself (the CLI prints it once, on stderr)
+    show_error: bool = True
     task: str = ""
     model: str = ""
     step: int = 0
@@ -95,7 +97,7 @@ class RunView:
             self.answer = event.result.output
             self.usage = event.result.usage
             self.cost = event.result.cost_usd
-            if event.result.error:
+            if event.result.error and self.show_error:
                 self.notes.append(f"error: {event.result.error}")
 
     # -- rendering ---------------------------------------------------------------------------
@@ -146,14 +148,66 @@ class RunView:
             parts.append(Panel(Text(self.answer), title="answer", border_style="green"))
         return Group(*parts)
 
+    def step_summary(self, event: ev.StepFinished) -> RenderableType:
+        """A finished step, to print above the live view so that every step stays on screen
+        however short it was: its reasoning when ``show_reasoning``, then one line (its tool
+        calls and outcomes, tokens, cost)."""
+        u = event.record.usage
+        calls = [
+            f"{row.name} {row.status}"
+            + (f" {row.duration_s * 1000:.0f} ms" if row.duration_s is not None else "")
+            for row in self.tools
+            if row.step == event.step
+        ]
+        line = Text()
+        line.append(f"step {event.step}:", style="bold")
+        line.append(f" {', '.join(calls) if calls else event.record.finish_reason or 'done'}")
+        line.append(
+            f"  ·  {u.input_tokens:,} in ({u.cached_input_tokens:,} cached), "
+            f"{u.output_tokens:,} out  ·  ${self.step_costs.get(event.step, 0.0):.5f}",
+            style="dim",
+        )
+        if not (self.show_reasoning and self.reasoning.strip()):
+            return line
+        body = Text(self.reasoning.strip(), style="dim")
+        return Group(Panel(body, title=f"reasoning · step {event.step}", border_style="dim"), line)
+
+
+class PlainPrinter:
+    """Events as plain lines (``plain_line``), with each step's reasoning as one block when
+    ``show_reasoning`` (the deltas are gathered until the step moves on)."""
+
+    def __init__(self, *, show_reasoning: bool = False, show_error: bool = True) -> None:
+        self.show_reasoning = show_reasoning
+        self.show_error = show_error
+        self._reasoning: list[str] = []
+
+    def lines(self, event: ev.Event) -> list[str]:
+        if isinstance(event, ev.ReasoningDelta):
+            if self.show_reasoning:
+                self._reasoning.append(event.text)
+            return []
+        out = self.flush()
+        line = plain_line(event, show_error=self.show_error)
+        if line:
+            out.append(line)
+        return out
+
+    def flush(self) -> list[str]:
+        text, self._reasoning = "".join(self._reasoning).strip(), []
+        if not text:
+            return []
+        return ["  reasoning: " + "\n    ".join(text.splitlines())]
+
 
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split()) if "\n" not in text else text
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def plain_line(event: ev.Event) -> str | None:
-    """One line per event that matters, for logs and pipes."""
+def plain_line(event: ev.Event, *, show_error: bool = True) -> str | None:
+    """One line per event that matters, for logs and pipes (``show_error=False``: the run's
+    error is reported elsewhere)."""
     if isinstance(event, ev.RunStarted):
         return f"run: {event.task!r} on {event.model}"
     if isinstance(event, ev.StepStarted):
@@ -182,9 +236,10 @@ def plain_line(event: ev.Event) -> str | None:
         return f"limit: {event.reason} ({event.detail})"
     if isinstance(event, ev.RunFinished):
         r = event.result
-        tail = f"\nerror: {r.error}" if r.error else ""
+        head = f"answer: {r.output}\n" if r.output else ""
+        tail = f"\nerror: {r.error}" if r.error and show_error else ""
         return (
-            f"answer: {r.output}\nstop: {r.stop_reason} after {len(r.steps)} steps, "
+            f"{head}stop: {r.stop_reason} after {len(r.steps)} steps, "
             f"{r.usage.total_tokens:,} tokens, ${r.cost_usd:.5f}{tail}"
         )
     return None
@@ -214,4 +269,4 @@ def console_for(stream: IO[str] | None = None, width: int | None = None) -> Cons
     return Console(file=stream, width=width, highlight=False)
 
 
-__all__ = ["RunView", "console_for", "plain_line", "step_table"]
+__all__ = ["PlainPrinter", "RunView", "console_for", "plain_line", "step_table"]

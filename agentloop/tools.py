@@ -354,6 +354,21 @@ class Tool:
                 False,
                 "invalid_arguments",
             )
+        if self._arguments_model is not None:
+            # the schema can admit what the Python types cannot take (an integral float past
+            # 64 bits for an int, say): that too is the model's to fix, not a tool failure
+            try:
+                self._arguments_model.model_validate(arguments)
+            except pydantic.ValidationError as exc:
+                found = "; ".join(
+                    f"/{'/'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                )
+                return None, ToolOutcome(
+                    f"Error: invalid arguments for {self.name}: {found}. Fix them and call the "
+                    "tool again.",
+                    False,
+                    "invalid_arguments",
+                )
         return arguments, None
 
     async def invoke(self, arguments: dict[str, Any]) -> Any:

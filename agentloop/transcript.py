@@ -90,47 +90,82 @@ def event_to_dict(event: ev.Event) -> dict[str, Any]:
 
 
 # -- from JSON -------------------------------------------------------------------------------
+class _Malformed(Exception):
+    """A line whose object lacks a field or holds one of the wrong kind (``load`` names it)."""
+
+
+_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "StopReason": (str,),
+    "list[Message]": (list,),
+}
+
+
+def _fields(cls: type[Any], data: Any, what: str) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` found in ``data``, each checked against its annotation
+    (plain kinds only); a field without a default must be there."""
+    if not isinstance(data, dict):
+        raise _Malformed(f"{what} is a JSON {type(data).__name__}, not an object")
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _Malformed(f"{what} has no {f.name!r}")
+            continue
+        value = data[f.name]
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        kinds = _KINDS.get(annotation.removesuffix(" | None"))
+        if kinds is not None and not (value is None and optional):
+            bad_bool = isinstance(value, bool) and bool not in kinds
+            if bad_bool or not isinstance(value, kinds):
+                raise _Malformed(f"{what}'s {f.name!r} is {value!r}, not {annotation}")
+        found[f.name] = value
+    return found
+
+
 def usage_from_dict(data: dict[str, Any]) -> Usage:
-    return Usage(**{k: v for k, v in data.items() if k in Usage.__dataclass_fields__})
+    return Usage(**_fields(Usage, data, "usage"))
 
 
 def step_from_dict(data: dict[str, Any]) -> StepRecord:
-    fields = {k: v for k, v in data.items() if k in StepRecord.__dataclass_fields__}
-    fields["usage"] = usage_from_dict(data["usage"])
+    fields = _fields(StepRecord, data, "step record")
+    fields["usage"] = usage_from_dict(fields["usage"])
+    calls = fields.get("tool_calls", [])
+    if not isinstance(calls, list):
+        raise _Malformed("step record's 'tool_calls' is not a list")
     fields["tool_calls"] = [
-        ToolCallRecord(**{k: v for k, v in c.items() if k in ToolCallRecord.__dataclass_fields__})
-        for c in data.get("tool_calls", [])
+        ToolCallRecord(**_fields(ToolCallRecord, call, "tool call")) for call in calls
     ]
     return StepRecord(**fields)
 
 
 def result_from_dict(data: dict[str, Any]) -> RunResult:
-    return RunResult(
-        output=data["output"],
-        stop_reason=data["stop_reason"],
-        messages=data["messages"],
-        steps=[step_from_dict(s) for s in data["steps"]],
-        usage=usage_from_dict(data["usage"]),
-        cost_usd=data["cost_usd"],
-        error=data.get("error"),
-        detail=data.get("detail"),
-    )
+    fields = _fields(RunResult, data, "result")
+    steps = fields["steps"]
+    if not isinstance(steps, list):
+        raise _Malformed("result's 'steps' is not a list")
+    fields["steps"] = [step_from_dict(s) for s in steps]
+    fields["usage"] = usage_from_dict(fields["usage"])
+    return RunResult(**fields)
 
 
 def event_from_dict(data: dict[str, Any]) -> ev.Event | None:
     """The event a line describes, or None for a type this version does not know."""
     kind = data.get("type", "")
     if kind == "RunFinished":
-        return ev.RunFinished(result_from_dict(data["result"]))
-    cls = _EVENT_TYPES.get(kind)
+        return ev.RunFinished(result_from_dict(data.get("result")))  # type: ignore[arg-type]
+    cls = _EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return None
-    fields = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
-    if "usage" in fields and isinstance(fields["usage"], dict):
-        fields["usage"] = usage_from_dict(fields["usage"])
-    if "usage_so_far" in fields and isinstance(fields["usage_so_far"], dict):
-        fields["usage_so_far"] = usage_from_dict(fields["usage_so_far"])
-    if "record" in fields and isinstance(fields["record"], dict):
+    fields = _fields(cls, data, f"{kind} event")
+    for name in ("usage", "usage_so_far"):
+        if name in fields:
+            fields[name] = usage_from_dict(fields[name])
+    if "record" in fields:
         fields["record"] = step_from_dict(fields["record"])
     event: ev.Event = cls(**fields)
     return event
@@ -204,21 +239,38 @@ class Transcript:
     result: RunResult | None  # None when the run did not finish (the file was cut short)
 
 
-def iter_lines(path: str | Path) -> Iterator[dict[str, Any]]:
+def iter_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line; a line that is not a JSON object, or
+    a file that is not UTF-8 text, is a ``TranscriptError``."""
     with open(path, encoding="utf-8") as source:
-        for number, line in enumerate(source, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TranscriptError(f"{path}:{number} is not JSON: {exc.msg}") from None
+        number = 0
+        try:
+            for number, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TranscriptError(f"{path}:{number} is not JSON: {exc.msg}") from None
+                if not isinstance(data, dict):
+                    raise TranscriptError(
+                        f"{path}:{number} is a JSON {type(data).__name__}, not an object: "
+                        "not an agentloop transcript line"
+                    )
+                yield number, data
+        except UnicodeDecodeError:
+            raise TranscriptError(
+                f"{path}:{number + 1} is not UTF-8 text: not an agentloop transcript"
+            ) from None
 
 
 def load(path: str | Path) -> Transcript:
-    """Read a transcript; ``.result`` is the ``RunResult`` the run returned."""
+    """Read a transcript; ``.result`` is the ``RunResult`` the run returned. A file this
+    version cannot read (not text, not JSON objects, events or a result missing fields) raises
+    ``TranscriptError`` naming the line."""
     lines = iter_lines(path)
-    header = next(lines, None)
+    first = next(lines, None)
+    header = first[1] if first else None
     if not header or header.get("format") != FORMAT:
         raise TranscriptError(f"{path} is not an agentloop transcript (no header line)")
     if header.get("version") != VERSION:
@@ -228,8 +280,12 @@ def load(path: str | Path) -> Transcript:
         )
     events: list[ev.Event] = []
     result: RunResult | None = None
-    for data in lines:
-        event = event_from_dict(data)
+    for number, data in lines:
+        try:
+            event = event_from_dict(data)
+        except _Malformed as exc:
+            kind = data.get("type")
+            raise TranscriptError(f"{path}:{number}: a damaged {kind} line: {exc}") from None
         if event is None:
             continue
         events.append(event)

@@ -127,7 +127,7 @@ def test_helpful_errors(sim: SimServer, workdir: Path) -> None:
     assert no_key.returncode == 2 and "MOONSHOT_API_KEY is not set" in no_key.stderr
     assert "platform.moonshot" in no_key.stderr
     wrong = agentloop("run", "hi", "--base-url", sim.base_url, cwd=workdir, key="sk-other")
-    assert wrong.returncode == 1
+    assert wrong.returncode == 2  # configuration: the key is wrong for this server
     assert "401" in wrong.stderr or "Invalid Authentication" in wrong.stderr
     assert "MOONSHOT_BASE_URL" in wrong.stderr and "sk-other" not in wrong.stderr
     preset = agentloop("run", "hi", "--preset", "browsecmp", cwd=workdir)

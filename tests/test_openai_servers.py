@@ -311,3 +311,18 @@ async def test_an_idle_stall_names_the_idle_timeout(sim_factory: SimFactory) -> 
         "the stream stalled: no data for 0.2s after the last event (keep-alive only) — "
         "idle_timeout=0.2s fired"
     )
+
+
+async def test_the_first_step_is_sized_against_the_window_the_server_reports(
+    sim_factory: SimFactory,
+) -> None:
+    sim = await sim_factory(profile="llama-server", policy=EchoPolicy(), api_keys={"sk-sim": "ai"})
+    client = local(sim, "anything.gguf", api_key="sk-sim")
+    history = [{"role": "user", "content": "word " * 5_000}]  # about 6K tokens: over 4,096
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimatedUsageWarning)
+        result = await Agent(client, context=[]).run(history=history)
+    # the window (4,096) was asked for before step 1, so nothing over it was sent
+    assert client.context_window == 4_096
+    assert result.stop_reason == "token_budget" and "context_window" in (result.detail or "")
+    assert sim.stats.completions == 0

@@ -120,7 +120,7 @@ def test_the_cli_never_prints_the_key() -> None:
                 text=True,
                 timeout=60,
             )
-            assert done.returncode == 1, done.stderr
+            assert done.returncode == 2, done.stderr  # a rejected key is configuration
             assert "[redacted key]" in done.stdout + done.stderr
             assert CANARY not in done.stdout + done.stderr
 

@@ -261,6 +261,11 @@ class OpenAIModel:
         return total
 
     # -- the window --------------------------------------------------------------------------
+    @property
+    def window_known(self) -> bool:
+        """False until the server has been asked for the window (when none was given)."""
+        return not self._discover_window
+
     async def discover_context_window(self) -> int | None:
         """Read this model's window from ``GET /models`` (vLLM and SGLang ``max_model_len``,
         llama.cpp's llama-server ``meta.n_ctx`` / ``meta.n_ctx_train``, ``context_length`` of
