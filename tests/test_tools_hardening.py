@@ -18,6 +18,8 @@ from agentloop_tools import BlockedAddressError, Fetcher, FetchError, LocalIndex
 from agentloop_tools import local_search as local_search_module
 from agentloop_tools.local_search import DEFAULT_MAX_FILE_BYTES, FolderNotFoundError
 
+from .test_builtin_tools import minimal_pdf
+
 pytestmark = pytest.mark.anyio
 
 
@@ -266,33 +268,6 @@ async def test_real_network_failures_raise_fetch_error(silent_server: int) -> No
 
 
 # -- local index: damaged PDFs ----------------------------------------------------------------
-def minimal_pdf(text: str) -> bytes:
-    """A one-page PDF showing ``text`` (as in test_builtin_tools)."""
-    stream = f"BT /F1 18 Tf 72 720 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
-
-
 def test_a_damaged_pdf_is_skipped_and_reported(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
