@@ -26,28 +26,7 @@ from agentloop.result import RunResult, StepRecord
 from agentloop.sim import SimConfig, SimServer, ToolLoopPolicy
 from agentloop.transcript import TranscriptError, TranscriptWriter, load
 
-TOOLS_MODULE = '''
-import anyio
-from agentloop import tool
-
-@tool
-def word_count(text: str) -> int:
-    """Count words.
-
-    Args:
-        text: the text.
-    """
-    return len(text.split())
-
-@tool
-async def shout(text: str) -> str:
-    """Upper-case a text.
-
-    Args:
-        text: the text.
-    """
-    return text.upper()
-'''
+from .test_cli import TOOLS_MODULE
 
 STUBBORN_MODULE = '''
 import anyio
