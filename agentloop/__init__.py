@@ -2,6 +2,7 @@
 OpenAI-compatible endpoint."""
 
 from .agent import Agent, RunStream
+from .batch import BatchSummary, abatch, batch
 from .budget import PRESETS, Budget
 from .clock import ManualClock, MonotonicClock, ScaledClock
 from .errors import (
@@ -46,6 +47,7 @@ __all__ = [
     "Agent",
     "AgentloopError",
     "AuthenticationError",
+    "BatchSummary",
     "Budget",
     "BuiltinTool",
     "ConfigurationError",
@@ -81,5 +83,7 @@ __all__ = [
     "ToolSchemaError",
     "UnexpectedResponseError",
     "Usage",
+    "abatch",
+    "batch",
     "tool",
 ]

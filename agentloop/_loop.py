@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from . import events as ev
+from ._journal import CallRecord, Journal
 from .budget import CallKind, Spent, context_line, fit_call
 from .errors import AgentloopError, ContextLengthError, EstimatedUsageWarning
 from .messages import Message, Usage
@@ -123,7 +124,14 @@ class _State:
 
 
 class Run:
-    def __init__(self, agent: Agent, messages: list[Message], emit: Emit, control: Control):
+    def __init__(
+        self,
+        agent: Agent,
+        messages: list[Message],
+        emit: Emit,
+        control: Control,
+        journal: Journal | None = None,
+    ):
         self.agent = agent
         self.model = agent.model
         self.budget = agent.budget
@@ -142,11 +150,18 @@ class Run:
                 }
             ]
         )
-        self.deadline = (
-            anyio.current_time() + agent.budget.deadline_s
-            if agent.budget.deadline_s is not None
-            else math.inf
-        )
+        self.journal = journal or Journal(self.clock.now)
+        self.deadline = math.inf  # set once the run does new work (``_live``)
+        self.journal.bind(self._live)
+
+    def _live(self, elapsed: float) -> None:
+        """The run starts new work, ``elapsed`` seconds of working time already spent (a
+        resumed durable run's time before the crash): the deadline counts from there."""
+        if self.budget.deadline_s is None:
+            return
+        self.deadline = anyio.current_time() + self.budget.deadline_s - elapsed
+        if self.control.scope is not None:
+            self.control.scope.deadline = self.deadline
 
     # -- the run -----------------------------------------------------------------------------
     async def drive(self, task: str) -> RunResult:
@@ -246,11 +261,23 @@ class Run:
 
     # -- limits ------------------------------------------------------------------------------
     def _fit(
-        self, kind: CallKind, prompt: int, wanted: int | None = None
+        self,
+        kind: CallKind,
+        prompt: int,
+        wanted: int | None = None,
+        pending: CallRecord | None = None,
     ) -> tuple[int | None, Ending]:
-        """This call's max_tokens (``budget.fit_call``), or None and the ending it causes."""
+        """This call's max_tokens (``budget.fit_call``), or None and the ending it causes.
+        ``pending``: a call in progress whose failed attempts count too."""
         s = self.state
         floor = self.model.min_max_tokens
+        tokens = s.usage.total_tokens + s.assumed_tokens
+        cost = s.cost + s.assumed_cost
+        if pending is not None:
+            tokens += pending.assumed_tokens + sum(u.total_tokens for u in pending.billed)
+            cost += pending.assumed_cost
+            if self.agent.rate_card is not None:
+                cost += sum(self.agent.rate_card.cost(u) for u in pending.billed)
         fit = fit_call(
             self.budget,
             kind,
@@ -258,7 +285,7 @@ class Run:
             wanted=wanted or self.agent.step_tokens,
             floor=floor,
             context_window=self.model.context_window,
-            spent=Spent(s.usage.total_tokens + s.assumed_tokens, s.cost + s.assumed_cost),
+            spent=Spent(tokens, cost),
             rate_card=self.agent.rate_card,
             cached_prefix=s.cached_prefix,
             final_prompt=self.final_prompt_tokens,
@@ -306,7 +333,7 @@ class Run:
 
     # -- one step ----------------------------------------------------------------------------
     async def _step(self, number: int, max_tokens: int, *, final: bool = False) -> StepOutcome:
-        began = self.clock.now()
+        began = self.journal.now()
         await self.emit(ev.StepStarted(number, max_tokens))
         usage = Usage()
         budget = max_tokens
@@ -342,7 +369,7 @@ class Run:
             await self._run_tools(number, calls, record, final)
             if final:
                 kind = "answer"
-        record.duration_s = self.clock.now() - began
+        record.duration_s = self.journal.now() - began
         s = self.state
         await self.emit(ev.StepFinished(number, record, replace(s.usage), s.cost))
         return StepOutcome(kind, response)
@@ -386,46 +413,84 @@ class Run:
 
     async def call_model(self, request: ModelRequest, number: int, live: bool) -> ModelResponse:
         """One model call, HTTP retries included: every attempt is booked against the limits
-        and a retry that no longer fits is not sent. ``live``: emit the deltas."""
+        and a retry that no longer fits is not sent. ``live``: emit the deltas. The journal
+        runs the call, or gives back its record when a durable run is resumed."""
+        record = await self.journal.model_call(lambda: self._attempts(request, number, live))
+        self._apply(record)
+        if record.error is not None:
+            raise record.error
+        if record.stop is not None:
+            stop, detail = record.stop
+            raise _BudgetStop(Ending(stop, detail, None, True))  # type: ignore[arg-type]
+        assert record.response is not None
+        return record.response
+
+    def _apply(self, record: CallRecord) -> None:
+        s = self.state
+        for usage in record.billed:
+            self._book(usage)
+        s.assumed_tokens += record.assumed_tokens
+        s.assumed_cost += record.assumed_cost
+        if record.window is not None and record.window < self.model.context_window:
+            self.model.context_window = record.window  # what the call taught the model client
+
+    async def _attempts(self, request: ModelRequest, number: int, live: bool) -> CallRecord:
+        """The call itself: what it does to the run is returned, not applied, so that a
+        recorded call and a live one change the run the same way."""
+        record = CallRecord()
         prompt = request.input_tokens or 0
         max_tokens = request.max_tokens or 0
         assembler = Assembler()
         answered = False  # this attempt got a response: the server may have billed it
-        async with aclosing(self.model.stream(request)) as deltas:
-            async for delta in deltas:
-                if live and isinstance(delta, ReasoningDelta):
-                    await self.emit(ev.ReasoningDelta(number, delta.text))
-                elif live and isinstance(delta, TextDelta):
-                    await self.emit(ev.TextDelta(number, delta.text))
-                elif isinstance(delta, ResponseStarted):
-                    answered = True
-                elif isinstance(delta, RetryDelta):
-                    self._book_failed_attempt(assembler.response.usage, answered, request)
-                    answered = False
-                    await self.emit(ev.Retry(number, delta.attempt, str(delta.error), delta.wait))
-                    fits, ending = self._fit("extra", prompt, max_tokens)
-                    if fits is None or fits < max_tokens:
-                        raise _BudgetStop(ending)  # the retry could bill past a limit
-                assembler.feed(delta)
+        try:
+            async with aclosing(self.model.stream(request)) as deltas:
+                async for delta in deltas:
+                    if live and isinstance(delta, ReasoningDelta):
+                        await self.emit(ev.ReasoningDelta(number, delta.text))
+                    elif live and isinstance(delta, TextDelta):
+                        await self.emit(ev.TextDelta(number, delta.text))
+                    elif isinstance(delta, ResponseStarted):
+                        answered = True
+                    elif isinstance(delta, RetryDelta):
+                        self._failed_attempt(record, assembler.response.usage, answered, request)
+                        answered = False
+                        await self.emit(
+                            ev.Retry(number, delta.attempt, str(delta.error), delta.wait)
+                        )
+                        fits, ending = self._fit("extra", prompt, max_tokens, record)
+                        if fits is None or fits < max_tokens:
+                            record.stop = (ending.stop, ending.detail)  # could bill past a limit
+                            return record
+                    assembler.feed(delta)
+        except anyio.get_cancelled_exc_class():
+            self._apply(record)  # stopped mid-call: what was billed so far still counts
+            raise
+        except AgentloopError as exc:
+            record.error = exc
+            return record
         response = assembler.finish()
         finish = getattr(self.model, "finish_response", None)
         if finish is not None:
             response = finish(response)
-        self._book(response.usage)
-        return response
+        record.billed.append(response.usage)
+        record.response = response
+        record.window = self.model.context_window
+        return record
 
-    def _book_failed_attempt(self, reported: Usage, answered: bool, request: ModelRequest) -> None:
+    def _failed_attempt(
+        self, record: CallRecord, reported: Usage, answered: bool, request: ModelRequest
+    ) -> None:
         """A failed attempt may still have been billed: count the usage it reported, or else,
         if the server had answered (the stream broke), its worst case, which is all we know."""
         if reported.total_tokens:
-            self._book(reported)
+            record.billed.append(replace(reported))
         elif answered:
             guess = Usage(
                 input_tokens=request.input_tokens or 0, output_tokens=request.max_tokens or 0
             )
-            self.state.assumed_tokens += guess.total_tokens
+            record.assumed_tokens += guess.total_tokens
             if self.agent.rate_card is not None:
-                self.state.assumed_cost += self.agent.rate_card.cost(guess)
+                record.assumed_cost += self.agent.rate_card.cost(guess)
 
     # -- tools -------------------------------------------------------------------------------
     async def _run_tools(
@@ -442,7 +507,7 @@ class Run:
             await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown))
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         s.open_calls = (record, list(calls), outcomes)
-        await self.agent.toolbox.run(calls, s.failures, outcomes)
+        await self.agent.toolbox.run(calls, s.failures, outcomes, self.journal)
         await self._answer_calls()
 
     async def _answer(

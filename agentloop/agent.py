@@ -11,7 +11,7 @@ import asyncio
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,6 +29,9 @@ from .pricing import RateCard
 from .result import RunResult
 from .telemetry import Telemetry
 from .tools import Tool, Toolbox
+
+if TYPE_CHECKING:
+    from .durable import DurableStore
 
 TASK_NAME = "agentloop run"
 # Runs streamed without ``async with`` run in tasks nothing else holds: keep them referenced.
@@ -90,24 +93,46 @@ class Agent:
 
     # -- public ------------------------------------------------------------------------------
     def stream(
-        self, task: str | None = None, *, history: Sequence[Message] | None = None
+        self,
+        task: str | None = None,
+        *,
+        history: Sequence[Message] | None = None,
+        run_id: str | None = None,
+        store: DurableStore | None = None,
     ) -> RunStream:
         """Run the agent, yielding events; the last event is ``RunFinished``. Prefer
         ``async with agent.stream(task) as run: async for event in run: ...``, which releases
-        the run's connections and task when the block ends, however it ends."""
-        return RunStream(self, task, self._start_messages(task, history))
+        the run's connections and task when the block ends, however it ends. ``run_id`` and
+        ``store``: a durable run (see ``run``); steps replayed from the store emit their
+        events again, without deltas."""
+        _check_durable(run_id, store)
+        durable = (store, run_id) if store is not None and run_id is not None else None
+        return RunStream(self, task, self._start_messages(task, history), durable)
 
     async def run(
-        self, task: str | None = None, *, history: Sequence[Message] | None = None
+        self,
+        task: str | None = None,
+        *,
+        history: Sequence[Message] | None = None,
+        run_id: str | None = None,
+        store: DurableStore | None = None,
     ) -> RunResult:
         """Run the agent to the end and return its result. Continue a conversation or resume a
-        stopped run by passing its ``messages`` as ``history`` (with a new task, or none)."""
+        stopped run by passing its ``messages`` as ``history`` (with a new task, or none).
+
+        ``run_id`` and ``store`` (an open ``agentloop.durable.DurableStore``) make the run
+        durable: every finished step is committed before the next, and calling ``run`` again
+        with the same ``run_id``, task and history — after a crash, in a new process —
+        continues after the last committed step (or returns the result, if it finished)."""
+        _check_durable(run_id, store)
         messages = self._start_messages(task, history)
         recorder = self.telemetry.run(task or "")
 
         async def record(event: ev.Event) -> None:
             recorder.on_event(event)
 
+        if store is not None and run_id is not None:
+            return await store.drive(self, messages, task or "", run_id, record, Control())
         return await Run(self, messages, record, Control()).drive(task or "")
 
     def run_sync(
@@ -133,17 +158,26 @@ class Agent:
         return messages
 
 
+def _check_durable(run_id: str | None, store: DurableStore | None) -> None:
+    if (run_id is None) != (store is None):
+        raise ConfigurationError(
+            "a durable run needs both run_id= and store= (an open DurableStore); "
+            "pass both, or neither for an ordinary run"
+        )
+
+
 class _Driver:
     """What a run's task holds: never the ``RunStream`` itself, so that a consumer who drops
     the stream lets it be collected (which closes the channel and stops the run)."""
 
-    __slots__ = ("control", "finished", "result", "send")
+    __slots__ = ("control", "error", "finished", "result", "send")
 
     def __init__(self, send: MemoryObjectSendStream[ev.Event]) -> None:
         self.send = send
         self.control = Control()
         self.finished = anyio.Event()
         self.result: RunResult | None = None
+        self.error: Exception | None = None
 
     async def emit(self, event: ev.Event) -> None:
         # shielded: a deadline or cancel() must not interrupt the hand-over of an event
@@ -153,9 +187,26 @@ class _Driver:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self.control.cancel()  # nobody is listening any more: stop the run
 
-    async def drive(self, agent: Agent, messages: list[Message], task: str) -> None:
+    async def drive(
+        self,
+        agent: Agent,
+        messages: list[Message],
+        task: str,
+        durable: tuple[DurableStore, str] | None,
+    ) -> None:
         try:
-            self.result = await Run(agent, messages, self.emit, self.control).drive(task)
+            if durable is not None:
+                store, run_id = durable
+                self.result = await store.drive(
+                    agent, messages, task, run_id, self.emit, self.control
+                )
+            else:
+                self.result = await Run(agent, messages, self.emit, self.control).drive(task)
+        except BaseException as exc:
+            # a durable run that cannot start: the consumer gets the error, not a hang
+            if not isinstance(exc, Exception):
+                raise
+            self.error = exc
         finally:
             self.send.close()
             self.finished.set()
@@ -167,8 +218,15 @@ class RunStream:
     ``RunResult`` once the run is over. ``aclose()`` stops the run and waits until its
     requests and task are released."""
 
-    def __init__(self, agent: Agent, task: str | None, messages: list[Message]) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        task: str | None,
+        messages: list[Message],
+        durable: tuple[DurableStore, str] | None = None,
+    ) -> None:
         self._agent = agent
+        self._durable = durable
         self._task_text = task or ""
         self._messages = messages
         send, self._receive = anyio.create_memory_object_stream[ev.Event](0)
@@ -200,7 +258,7 @@ class RunStream:
         self._send = None
         if self._cancelled:
             driver.control.cancel()
-        work = driver.drive(self._agent, self._messages, self._task_text)
+        work = driver.drive(self._agent, self._messages, self._task_text, self._durable)
         if self._group is not None:
             self._group.start_soon(lambda: work, name=TASK_NAME)
             return
@@ -238,6 +296,10 @@ class RunStream:
         try:
             event = await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            driver = self._driver
+            if driver is not None and driver.error is not None:
+                error, driver.error = driver.error, None
+                raise error from None
             raise StopAsyncIteration from None
         self._recorder.on_event(event)
         if isinstance(event, ev.RunFinished):

@@ -29,6 +29,7 @@ from .models.base import BuiltinTool
 from .models.kimi import CHINA, KimiModel
 from .result import RunResult
 from .sim import POLICIES, BrowsePolicy, FaultPlan, SimConfig, SimServer
+from .sim.profiles import PROFILES
 from .tools import Tool, tool
 from .transcript import TranscriptError, TranscriptWriter, event_to_dict
 from .transcript import load as load_transcript
@@ -48,13 +49,16 @@ def _sim(args: argparse.Namespace) -> int:
         faults=faults,
         strict=args.strict,
         api_keys={args.key: "ai"},
+        profile=args.profile,
     )
     server = SimServer(config, port=args.port)
+    what = "Kimi API" if args.profile == "kimi" else f"OpenAI-compatible server ({args.profile})"
 
     async def main() -> None:
         await server.start()
         print(
-            f"Kimi API simulator on {server.base_url} (key {args.key!r}, policy {args.policy})\n"
+            f"{what} simulator on {server.base_url} (profile {args.profile}, key {args.key!r}, "
+            f"policy {args.policy})\n"
             f"point a run at it: MOONSHOT_API_KEY={args.key} agentloop run TASK "
             f"--base-url {server.base_url}",
             flush=True,
@@ -335,6 +339,73 @@ def _demo(args: argparse.Namespace) -> int:
     return _exit_code(anyio.run(main), interrupts, "demo")
 
 
+def _batch(args: argparse.Namespace) -> int:
+    """``agentloop batch``: a task file, K runs per task, results appended (``batch.py``)."""
+    from .batch import BatchSummary, prepare
+
+    if not os.environ.get(KimiModel.api_key_env):
+        print(f"agentloop batch: {_MISSING_KEY}", file=sys.stderr)
+        return 2
+    env_url = os.environ.get(KimiModel.base_url_env)
+    if args.base_url is None and env_url and not _is_url(env_url):
+        print(
+            f"agentloop batch: MOONSHOT_BASE_URL={env_url!r} is not an http(s) URL "
+            "(e.g. https://api.moonshot.ai/v1); fix it or pass --base-url",
+            file=sys.stderr,
+        )
+        return 2
+    mode = "json" if args.json else _mode(argparse.Namespace(json=False, plain=args.plain))
+    try:
+        job = prepare(
+            args.tasks,
+            args.out,
+            model_name=args.model,
+            base_url=args.base_url,
+            tools=load_tools(args.tools or []),
+            instructions=args.instructions,
+            preset=args.preset,
+            runs=args.runs,
+            concurrency=args.concurrency,
+            db=args.db,
+            rpm=args.rpm,
+            display="json" if mode == "json" else "plain" if mode == "plain" else "live",
+        )
+    except ConfigurationError as exc:
+        print(f"agentloop batch: {exc}", file=sys.stderr)
+        return 2
+    interrupts = Interrupts()
+
+    async def main() -> BatchSummary:
+        interrupts.live = mode == "live"
+        interrupts.install(job.cancel)
+        try:
+            return await job.run()
+        finally:
+            interrupts.uninstall()
+            await job.agent.model.aclose()
+
+    try:
+        summary = anyio.run(main)
+    except ConfigurationError as exc:
+        print(f"agentloop batch: {exc}", file=sys.stderr)
+        return 2
+    if interrupts.exit_code is not None:
+        print(
+            f"agentloop batch: stopped; {summary.recorded}/{summary.pairs} runs are in "
+            f"{summary.out}: run the same command again to do the rest",
+            file=sys.stderr,
+        )
+        return interrupts.exit_code
+    if summary.errors:
+        print(
+            f"agentloop batch: {summary.errors} run(s) ended with an error "
+            f'(stop_reason "error" in {summary.out})',
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     try:
         saved = load_transcript(args.file)
@@ -442,6 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="enforce the soft rules too")
     p.add_argument("--key", default="sk-sim", help="the API key the simulator accepts")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="kimi",
+        help="which server to answer as: Kimi, or another OpenAI-compatible server's quirks "
+        "(llamacpp: no usage in streams, [DONE] without finish_reason under concurrency, ...)",
+    )
     p.set_defaults(func=_sim)
     r = sub.add_parser("run", help="run an agent on a task, with a live view")
     r.add_argument("task")
@@ -481,6 +559,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown.add_argument("--summary", action="store_true", help="only the final view and the table")
     p.add_argument("--show-reasoning", action="store_true")
     p.set_defaults(func=_replay)
+    b = sub.add_parser("batch", help="run a task file K times per task; results as JSON Lines")
+    b.add_argument("tasks", metavar="TASKS.jsonl", help='{"id": ..., "task": ..., "answer": ...}')
+    b.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended; resumable")
+    b.add_argument("--db", metavar="runs.db", help="durable runs: a SQLite file or postgresql://")
+    b.add_argument("--runs", type=_at_least(1), help="runs per task (default: the preset's)")
+    b.add_argument("--concurrency", type=_at_least(1), default=4, help="runs at once (4)")
+    b.add_argument(
+        "--preset", metavar="NAME", help="benchmark preset: " + ", ".join(sorted(PRESETS))
+    )
+    b.add_argument("--tools", action="append", metavar="MODULE[:ATTR]", help="repeat for more")
+    b.add_argument("--model", default="kimi-k2.6")
+    b.add_argument("--base-url", type=_url, help="default: MOONSHOT_BASE_URL or Kimi's")
+    b.add_argument("--instructions", help="the system prompt")
+    b.add_argument("--rpm", type=_at_least(1), default=50, help="requests per minute (50)")
+    b.add_argument("--json", action="store_true", help="one JSON summary object at the end")
+    b.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    b.set_defaults(func=_batch)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -30,6 +30,7 @@ import pydantic
 from jsonschema import Draft202012Validator
 
 from . import _json
+from ._journal import Journal
 from .errors import ConfigurationError
 from .messages import Message
 from .models.base import AnyTool, BuiltinTool, ToolSpec
@@ -287,6 +288,7 @@ class Tool:
         strict: bool = True,
         max_failures: int = 3,
         max_result_chars: int | None = None,
+        repeat_safe: bool = True,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -296,6 +298,9 @@ class Tool:
         self.strict = strict
         self.max_failures = max_failures
         self.max_result_chars = max_result_chars
+        # False: a call interrupted by a crash is not run again when its durable run resumes;
+        # the model is told its outcome is unknown (for tools that act rather than read)
+        self.repeat_safe = repeat_safe
         self._arguments_model = arguments_model
         Draft202012Validator.check_schema(parameters)
         self._validator = Draft202012Validator(parameters)  # compiled once per tool
@@ -432,6 +437,7 @@ def tool(
     strict: bool = True,
     max_failures: int = 3,
     max_result_chars: int | None = None,
+    repeat_safe: bool = True,
 ) -> Callable[[F], Tool]: ...
 
 
@@ -476,16 +482,16 @@ class Toolbox:
         calls: Sequence[dict[str, Any]],
         failures: dict[str, int],
         outcomes: list[ToolOutcome | None],
+        journal: Journal | None = None,
     ) -> None:
         """Run a step's calls concurrently, putting each call's outcome at its index in
         ``outcomes`` as it finishes (so a stop keeps the ones that did). ``failures`` counts
-        each tool's failures in a row across the run."""
+        each tool's failures in a row across the run. The journal runs each call of a tool
+        (or, resuming a durable run, gives back its recorded outcome)."""
+        journal = journal or Journal(self.now)
 
         async def run_one(index: int) -> None:
-            started = self.now()
-            outcome = await self._execute(calls[index], failures)
-            outcome.duration_s = self.now() - started
-            outcomes[index] = outcome
+            outcomes[index] = await self._execute(calls[index], failures, journal)
 
         if len(calls) == 1:
             await run_one(0)  # no task group for the common single call
@@ -494,7 +500,9 @@ class Toolbox:
                 for index in range(len(calls)):
                     group.start_soon(run_one, index)
 
-    async def _execute(self, call: dict[str, Any], failures: dict[str, int]) -> ToolOutcome:
+    async def _execute(
+        self, call: dict[str, Any], failures: dict[str, int], journal: Journal
+    ) -> ToolOutcome:
         fn = call["function"]
         name = fn["name"]
         builtin = self.builtins.get(name)
@@ -519,7 +527,14 @@ class Toolbox:
                 False,
                 "retry_limit",
             )
-        outcome = await self._invoke(target, fn["arguments"])
+
+        async def work() -> ToolOutcome:
+            started = self.now()
+            outcome = await self._invoke(target, fn["arguments"])
+            outcome.duration_s = self.now() - started
+            return outcome
+
+        outcome = await journal.tool_call(call, target, work)
         failures[name] = 0 if outcome.ok else failures.get(name, 0) + 1
         return outcome
 

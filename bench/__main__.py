@@ -15,6 +15,7 @@ BENCHMARKS = (
     "streaming_parse",
     "validation",
     "long_search",
+    "estimate_error",
 )
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import fleet, long_search, rate_limit, step_overhead, streaming_parse, validation
+from bench import (
+    estimate_error,
+    fleet,
+    long_search,
+    rate_limit,
+    step_overhead,
+    streaming_parse,
+    validation,
+)
 
 
 def rows(path: Path) -> object:
@@ -68,3 +76,18 @@ def test_streaming_parse_and_validation_smoke(capsys: pytest.CaptureFixture[str]
     assert validation.main(["--calls", "200"]) == 0
     out = capsys.readouterr().out
     assert "MB/s" in out and "speed-up" in out
+
+
+def test_estimate_error_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    assert estimate_error.main(["--sim-requests", "12", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "MAPE" in table and "goal: calibrated within 10%" in table
+    data = rows(out)
+    assert isinstance(data, list)
+    sim = [r for r in data if r["source"].startswith("sim") and r["kind"] == "all"]
+    assert [r["requests"] for r in sim] == [9, 9]  # 12 less the 3 of warm-up, two profiles
+    if estimate_error.TRAFFIC.is_dir():
+        [llama] = [r for r in data if r["source"] == "llamacpp" and r["kind"] == "all"]
+        assert llama["requests"] == 12  # the 15 recorded responses with usage, less warm-up
+        assert llama["calibrated_mape"] < llama["default_mape"]

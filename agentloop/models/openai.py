@@ -39,6 +39,7 @@ from ..limits import Permit, RateLimiter, current_loop, shared_limiter
 from ..messages import Message, Usage
 from ..pricing import RateCard
 from ..retry import RetryPolicy
+from ._calibration import Calibrator
 from .base import (
     AnyTool,
     BuiltinTool,
@@ -65,8 +66,40 @@ def _byte_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+def estimate_message_bytes(message: Message) -> int:
+    """About the bytes one wire message adds to a request body as text (compact JSON, each
+    escape counted once): what the calibrated estimate scales, matching what the calibrator
+    measures on the bodies sent."""
+    size = 3  # its braces and the comma before the next message
+    for key, value in message.items():
+        if isinstance(value, str):
+            size += len(key) + 6 + _byte_len(value)  # "key":"value",
+        elif key == "tool_calls" and isinstance(value, list):
+            size += len(key) + 4
+            for call in value:
+                fn = call.get("function") or {}
+                size += 66 + _byte_len(call.get("id") or "")
+                size += _byte_len(fn.get("name") or "") + _byte_len(fn.get("arguments") or "")
+        elif isinstance(value, list):
+            size += len(key) + 4 + sum(_byte_len(json.dumps(part)) + 1 for part in value)
+        else:
+            size += len(key) + 4 + len(json.dumps(value))
+    return size
+
+
+def prompt_bytes(body: dict[str, Any], payload: bytes) -> int:
+    """The bytes of a request's prompt (its messages and tools) as text, from the serialised
+    ``payload`` of ``body``: what the calibrator measures, as ``estimate_message_bytes`` and
+    the tools' sizes add up to. A JSON escape counts one byte (one character to the chat
+    template); the body's other fields (model, max_tokens, ...) are left out."""
+    others = _json.dumps({k: v for k, v in body.items() if k not in ("messages", "tools")})
+    framing = len(others) + 12 + (10 if "tools" in body else 0)  # ,"messages":[] ,"tools":[]
+    return len(payload) - payload.count(b"\\") - framing
+
+
 def estimate_message_tokens(message: Message) -> int:
-    """A cheap, slightly generous token estimate of one wire message (≈4 bytes per token)."""
+    """A cheap, slightly generous token estimate of one wire message (≈4 bytes per token), the
+    uncalibrated figure (``OpenAIModel.estimate_tokens`` learns the model's own)."""
     size = 32
     content = message.get("content")
     if isinstance(content, str):
@@ -178,7 +211,9 @@ class OpenAIModel:
             {"Content-Type": "application/json", "Accept": "text/event-stream"}, self._api_key
         )
         self._tool_cache: dict[int, tuple[AnyTool, dict[str, Any]]] = {}
-        self._tool_tokens: dict[int, tuple[AnyTool, int]] = {}
+        self._tool_bytes: dict[int, tuple[AnyTool, int]] = {}
+        # tokens per byte and the fixed cost of a prompt, learnt from reported usage
+        self.calibration = Calibrator()
 
     def _missing_key_message(self) -> str:
         return f"no API key: pass api_key= or set {self.api_key_env}"
@@ -250,15 +285,40 @@ class OpenAIModel:
         return {"type": "function", "function": {"name": choice}}
 
     def estimate_tokens(self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()) -> int:
-        total = sum(estimate_message_tokens(m) for m in messages)
-        for tool in tools:
-            cached = self._tool_tokens.get(id(tool))
-            if cached is None or cached[0] is not tool:
-                wire = self._wire_tools([tool])[0]
-                cached = (tool, len(json.dumps(wire, separators=(",", ":"))) // 4 + 8)
-                self._tool_tokens[id(tool)] = cached
-            total += cached[1]
-        return total
+        """The prompt tokens of ``messages`` and ``tools``: about four bytes per token, raised
+        to this model's calibrated figure once the server has reported usage and where that
+        is higher (see ``calibrated_estimate``). Calibration only raises: every budget holds
+        as long as the server counts no more than the estimate, and the default errs high
+        for most tokenizers, so a fit that came out lower would trade that guarantee for a
+        little room."""
+        default = sum(estimate_message_tokens(m) for m in messages)
+        default += sum(self._tool_size(tool) // 4 + 8 for tool in tools)
+        calibrated = self.calibrated_estimate(messages, tools)
+        return default if calibrated is None else max(default, calibrated)
+
+    def calibrated_estimate(
+        self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()
+    ) -> int | None:
+        """The calibrator's figure alone (None before any report): tokens per byte learnt
+        from reported usage, plus the fixed cost of the chat template and tool preamble when
+        tools are given: the agent passes them for a whole prompt, never for the messages
+        added to one already measured."""
+        calibration = self.calibration
+        if not calibration.calibrated:
+            return None
+        nbytes = sum(estimate_message_bytes(m) for m in messages)
+        nbytes += sum(self._tool_size(tool) for tool in tools)
+        return calibration.tokens(nbytes, whole=bool(tools))
+
+    def _tool_size(self, tool: AnyTool) -> int:
+        """A tool declaration's bytes in the request body as text, cached."""
+        cached = self._tool_bytes.get(id(tool))
+        if cached is None or cached[0] is not tool:
+            wire = self._wire_tools([tool])[0]
+            raw = json.dumps(wire, ensure_ascii=False, separators=(",", ":")).encode()
+            cached = (tool, len(raw) - raw.count(b"\\") + 1)
+            self._tool_bytes[id(tool)] = cached
+        return cached[1]
 
     # -- the window --------------------------------------------------------------------------
     @property
@@ -384,8 +444,12 @@ class OpenAIModel:
                             if delta.name:  # type: ignore[union-attr]
                                 calls += 1
                         elif kind is UsageDelta:
-                            billed = delta.usage.total_tokens  # type: ignore[union-attr]
+                            usage = delta.usage  # type: ignore[union-attr]
+                            billed = usage.total_tokens
                             reported = True
+                            self.calibration.observe(
+                                prompt_bytes(body, payload), usage.input_tokens
+                            )
                         yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
                 if not reported:
                     usage = Usage(

@@ -18,6 +18,10 @@ name           what the simulator does                                          
 ``trickle``    headers, then SSE keep-alive comments forever, never data        yes (stall)
 ``silent``     headers, then nothing, the connection held open                  yes (stall)
 ``stall``      half the answer, then keep-alive comments forever               yes (stall)
+``donecut``    a streamed answer cut to a role chunk and ``[DONE]``: no         yes
+               finish_reason, no usage (llama.cpp under concurrency; the
+               recorded ``cut_under_concurrency.txt``); a non-streamed
+               request is answered normally
 ``gateway``    503 with a proxy's HTML page (no JSON error body)                yes
 ``html``       200 with a captive portal's HTML page                            no
 ``slow``       waits ``slow_seconds`` before the first byte                     (succeeds)
@@ -48,6 +52,7 @@ FAULTS = frozenset(
         "trickle",
         "silent",
         "stall",
+        "donecut",
         "retrydate",
         "gateway",
         "html",
@@ -75,6 +80,7 @@ RETRYABLE = frozenset(
         "trickle",
         "silent",
         "stall",
+        "donecut",
     }
 )
 # what ``badchunk`` sends unless told otherwise: a choice that is null

@@ -620,6 +620,8 @@ class SimServer:
         if not isinstance(req.get("messages"), list):
             raise SimError(400, "invalid_request_error", "Invalid request: messages missing")
         prompt_tokens = prompt_size(req)  # tools included, as reported and as admitted (TPM)
+        preamble = self.profile.tool_preamble_tokens if req.get("tools") else 0
+        prompt_tokens += preamble
         if prompt_tokens + max_tokens > window:
             prof = self.profile
             if req.get("stream") and prof.streamed_overflow == "empty200":
@@ -682,6 +684,7 @@ class SimServer:
         self.stats.max_in_flight = max(self.stats.max_in_flight, account.in_flight)
         try:
             prompt_tokens, cached = self._prompt(account, req)
+            prompt_tokens += preamble
             ctx = PolicyContext(
                 req["messages"],
                 req.get("tools") or [],
@@ -719,7 +722,9 @@ class SimServer:
             created = int(time.time())
             prof = self.profile
             if req.get("stream") and (
-                number in prof.cut_streams or (prof.cut_when_busy and account.in_flight > 1)
+                fault == "donecut"
+                or number in prof.cut_streams
+                or (prof.cut_when_busy and account.in_flight > 1)
             ):
                 return await self._cut_at_done(writer, trace, req, created)
             if not req.get("stream"):
