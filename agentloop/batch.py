@@ -18,14 +18,18 @@ The rendering (live view, plain lines, the summary table) is in ``batch_view.py`
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib
 import json
 import os
 import re
+import socket
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -213,6 +217,33 @@ class ResultsFile:
             self._file.flush()
             os.fsync(self._file.fileno())
             self.records[(str(record["id"]), int(record["run"]))] = record
+
+    def append_once(self, record: Record) -> bool:
+        """Append ``record`` unless the file has its pair, under an exclusive lock on the file:
+        workers of a fleet on one machine may share it. False if the pair was there."""
+        key = (str(record["id"]), int(record["run"]))
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a+", encoding="utf-8") as handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    handle.seek(0)
+                    for raw in handle:  # what other processes appended since we loaded it
+                        if raw.endswith("\n"):
+                            with contextlib.suppress(ValueError, KeyError, TypeError):
+                                other = json.loads(raw)
+                                pair = (str(other["id"]), int(other["run"]))
+                                self.records.setdefault(pair, other)
+                    if key in self.records:
+                        return False
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    self.records[key] = record
+                    return True
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
@@ -406,28 +437,37 @@ class _Quiet:
 
 
 # -- the durable store (agentloop.durable, an optional extra) ------------------------------------
-@contextlib.asynccontextmanager
-async def open_store(db: str | None) -> AsyncIterator[Any]:
-    """``DurableStore(db)`` of ``agentloop.durable`` (None without ``db``)."""
-    if db is None:
-        yield None
-        return
+def _durable_module(db: str | None) -> Any:
     try:
-        durable = importlib.import_module("agentloop.durable")
+        return importlib.import_module("agentloop.durable")
     except ImportError as exc:
         raise ConfigurationError(
             f"--db {db} needs durable runs, which this install lacks ({exc}); "
             "pip install 'agentloop[durable]', or leave out --db"
         ) from None
-    async with durable.DurableStore(db) as store:
-        yield store
 
 
-def durable_kwargs(store: Any, task: Task, run: int) -> dict[str, Any]:
-    """The keyword arguments that make a run durable (none without a store)."""
-    if store is None:
-        return {}
-    return {"run_id": run_id(task.id, run), "store": store}
+_CLAIMED: list[Any] = []  # the lock files that hold this process's worker names
+
+
+def claim_worker_name(database: str) -> str:
+    """``<host>-<n>``: the first slot on this machine no live process holds for this database
+    (a lock file the OS releases when the process dies, so a worker killed and started again
+    gets its old name back, and with it the runs it had in flight)."""
+    folder = Path(tempfile.gettempdir()) / "agentloop-workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(database.encode()).hexdigest()[:12]
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
+    for slot in range(1, 1000):
+        handle = (folder / f"{key}-{slot}.lock").open("a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _CLAIMED.append(handle)
+        return f"{host}-{slot}"
+    raise ConfigurationError("more than 999 workers of one database on this machine")
 
 
 # -- the batch -----------------------------------------------------------------------------------
@@ -456,6 +496,7 @@ class Batch:
         scorer: Scorer | None = None,
         db: str | None = None,
         reporter: Reporter | None = None,
+        worker: str | None = None,
     ) -> None:
         if runs < 1:
             raise ConfigurationError(f"runs must be at least 1; got {runs}")
@@ -469,6 +510,7 @@ class Batch:
         self.concurrency = concurrency
         self.scorer: Scorer = scorer or exact_match
         self.db = db
+        self.worker = worker
         self.reporter: Reporter = reporter or _Quiet()
         self.progress = Progress(tasks=len(self.tasks), runs=runs, pairs=len(self.tasks) * runs)
         self._streams: set[Any] = set()
@@ -522,13 +564,16 @@ class Batch:
             )
         self.reporter.started(progress, note)
         try:
-            async with open_store(self.db) as store, anyio.create_task_group() as outer:
-                outer.start_soon(self._tick)
-                queue = iter(todo)
-                async with anyio.create_task_group() as workers:
-                    for _ in range(min(self.concurrency, len(todo))):
-                        workers.start_soon(self._worker, queue, store)
-                outer.cancel_scope.cancel()
+            if self.db is not None:
+                await self._run_fleet(todo)
+            else:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._tick)
+                    queue = iter(todo)
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(min(self.concurrency, len(todo))):
+                            workers.start_soon(self._worker, queue)
+                    outer.cancel_scope.cancel()
         finally:
             self.results.close()
             self.reporter.stopped()
@@ -537,6 +582,90 @@ class Batch:
         summary = self.summary()
         self.reporter.ended(summary)
         return summary
+
+    # -- with a store: a fleet of one or more workers ---------------------------------------------
+    def queue_name(self) -> str:
+        """The store's work queue of this batch: one per task list and settings, so every
+        worker running the same command takes from the same queue."""
+        digest = hashlib.sha256()
+        for task in self.tasks:
+            digest.update(json.dumps([task.key, task.task]).encode())
+        digest.update(json.dumps(self.settings.as_dict(), sort_keys=True).encode())
+        return "agentloop-batch-" + digest.hexdigest()[:16]
+
+    async def _run_fleet(self, todo: list[tuple[Task, int]]) -> None:
+        """Every pair not in the results file goes on the store's queue (once, whoever puts
+        it there: the run id is the key); this process runs what it takes from the queue,
+        ``concurrency`` at a time, and writes a line for every pair that finishes, wherever it
+        ran. A worker killed and started again (same name) takes back the runs it had."""
+        durable = _durable_module(self.db)
+        pairs = {run_id(task.id, run): (task, run) for task, run in todo}
+        controls: dict[str, Any] = {}
+        started: dict[str, float] = {}
+        idle = anyio.Event()  # no run of this worker in flight (after a stop)
+
+        def runner(rid: str, text: str, start: list[Any]) -> Any:
+            control = durable.Control()
+            controls[rid] = control
+            if self._cancelled:
+                control.cancel()
+            started[rid] = time.monotonic()
+            seen = _Seen()
+            self.progress.in_flight += 1
+
+            async def emit(event: ev.Event) -> None:
+                self._observe(event, seen)
+                if isinstance(event, ev.RunFinished):
+                    self.progress.in_flight -= 1
+                    controls.pop(rid, None)
+                    if not controls:
+                        idle.set()
+
+            return durable.Live(self.agent, start, emit, control)
+
+        name = self.worker or claim_worker_name(durable.database_url(self.db))
+        store = durable.DurableStore(self.db, worker=name, queues=[self.queue_name()])
+        store.serve(runner)
+        try:
+            async with store, anyio.create_task_group() as outer:
+                outer.start_soon(self._tick)
+                queue = await store.open_queue(self.queue_name(), self.concurrency)
+                for task, run in todo:
+                    start = self.agent._start_messages(task.task, None)
+                    await store.enqueue(queue, run_id(task.id, run), task.task, start)
+                while pairs and not self._cancelled:
+                    for rid, result in (await store.finished(list(pairs))).items():
+                        task, run = pairs.pop(rid)
+                        if rid in started:
+                            took = time.monotonic() - started[rid]
+                        else:  # it ran in another worker
+                            took = sum(s.duration_s for s in result.steps)
+                        self._write(task, run, result, took)
+                    if pairs:
+                        await anyio.sleep(0.2)
+                for control in list(controls.values()):
+                    control.cancel()
+                if controls:
+                    with anyio.move_on_after(30):  # the runs stopped here end, resumable
+                        await idle.wait()
+                outer.cancel_scope.cancel()
+        finally:
+            store.serve(None)
+
+    def _write(self, task: Task, run: int, result: RunResult, duration_s: float) -> None:
+        progress = self.progress
+        if result.error and _CONFIG_ERROR.match(result.error):
+            raise ConfigurationError(result.error)
+        record = self.record(task, run, result, duration_s)
+        if not self.results.append_once(record):
+            return  # another worker sharing the file wrote it
+        progress.ran += 1
+        progress.recorded += 1
+        progress.stop_reasons[result.stop_reason] += 1
+        self._left[task.key] -= 1
+        if self._left[task.key] == 0:
+            progress.tasks_done += 1
+        self.reporter.finished(progress, record)
 
     def summary(self) -> BatchSummary:
         p = self.progress
@@ -574,23 +703,23 @@ class Batch:
             self.reporter.update(self.progress)
             await anyio.sleep(0.25)
 
-    async def _worker(self, queue: Iterator[tuple[Task, int]], store: Any) -> None:
+    async def _worker(self, queue: Iterator[tuple[Task, int]]) -> None:
         for task, run in queue:
             if self._cancelled:
                 return
             try:
-                await self._one(task, run, store)
+                await self._one(task, run)
             except Exception as exc:  # a failure of the runtime, not of a run: stop the batch
                 if self._fatal is None:
                     self._fatal = exc
                 self.cancel()
                 return
 
-    async def _one(self, task: Task, run: int, store: Any) -> None:
+    async def _one(self, task: Task, run: int) -> None:
         progress = self.progress
         seen = _Seen()
         started = time.monotonic()
-        stream = self.agent.stream(task.task, **durable_kwargs(store, task, run))
+        stream = self.agent.stream(task.task)
         self._streams.add(stream)
         if self._cancelled:
             stream.cancel()
@@ -680,6 +809,7 @@ def prepare(
     runs: int | None = None,
     concurrency: int = 4,
     db: str | None = None,
+    worker: str | None = None,
     scorer: Scorer | None = None,
     rpm: int | None = 50,
     reporter: Reporter | None = None,
@@ -732,6 +862,7 @@ def prepare(
         scorer=scorer,
         db=db,
         reporter=reporter,
+        worker=worker,
     )
 
 
@@ -804,11 +935,9 @@ __all__ = [
     "Task",
     "abatch",
     "batch",
-    "durable_kwargs",
     "exact_match",
     "load_tasks",
     "normalise",
-    "open_store",
     "prepare",
     "run_id",
     "summarise",

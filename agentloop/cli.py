@@ -367,6 +367,7 @@ def _batch(args: argparse.Namespace) -> int:
             runs=args.runs,
             concurrency=args.concurrency,
             db=args.db,
+            worker=args.worker,
             rpm=args.rpm,
             display="json" if mode == "json" else "plain" if mode == "plain" else "live",
         )
@@ -563,6 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("tasks", metavar="TASKS.jsonl", help='{"id": ..., "task": ..., "answer": ...}')
     b.add_argument("--out", required=True, metavar="RESULTS.jsonl", help="appended; resumable")
     b.add_argument("--db", metavar="runs.db", help="durable runs: a SQLite file or postgresql://")
+    b.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="this worker's name in a fleet sharing --db (default: <host>-<n>, the first free "
+        "slot on this machine); a worker restarted under its name takes back its runs",
+    )
     b.add_argument("--runs", type=_at_least(1), help="runs per task (default: the preset's)")
     b.add_argument("--concurrency", type=_at_least(1), default=4, help="runs at once (4)")
     b.add_argument(

@@ -28,7 +28,7 @@ import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,9 +87,15 @@ class _Live:
     control: Control
     result: RunResult | None = None
     journal: DbosJournal | None = field(default=None)
+    owned: bool = False  # built by the runner: the workflow removes it when done
 
 
 _LIVE: dict[str, _Live] = {}
+
+# Builds the live pieces of a run this process took from a queue (a batch's worker): called
+# with the run id, the task and the start messages.
+Runner = Callable[[str, str, list[Message]], _Live]
+_RUNNER: list[Runner] = []
 
 
 # -- the journal -------------------------------------------------------------------------------
@@ -202,15 +208,23 @@ async def _run_workflow(task: str, start: list[Message]) -> dict[str, Any]:
     run_id = DBOS.workflow_id
     assert run_id is not None
     live = _LIVE.get(run_id)
+    if live is None and _RUNNER:  # taken from a queue by a worker: it builds the run here
+        live = _RUNNER[0](run_id, task, list(start))
+        live.owned = True
+        _LIVE[run_id] = live
     if live is None:
         # resumed by a process that is not running it (it never resumes runs it was not asked
         # to): leave it pending for the process that asks
         raise _Suspended
     journal = live.journal = DbosJournal(live.agent.clock.now)
     run = Run(live.agent, live.messages, live.emit, live.control, journal)
-    result = await run.drive(task)
+    try:
+        result = await run.drive(task)
+    finally:
+        if live.owned:
+            _LIVE.pop(run_id, None)
+    live.result = result
     if result.stop_reason == "cancelled":
-        live.result = result
         raise _Suspended  # paused: starting the run again resumes it
     return _records.result_to(result)
 
@@ -244,10 +258,23 @@ class DurableStore:
 
     _open: DurableStore | None = None
 
-    def __init__(self, location: str | os.PathLike[str] = "runs.db") -> None:
+    def __init__(
+        self,
+        location: str | os.PathLike[str] = "runs.db",
+        *,
+        worker: str | None = None,
+        queues: Sequence[str] = (),
+    ) -> None:
+        """``worker``: a name for this process in a fleet (stable across its restarts: a
+        restarted worker takes back the runs it had in flight when it died); ``queues``: the
+        work queues this process takes runs from (``serve``)."""
         self.url = _database_url(location)
-        self.executor_id = f"agentloop-{uuid.uuid4().hex[:12]}"
+        self.worker = worker
+        if worker is not None and not worker.replace("-", "").replace("_", "").isalnum():
+            raise ConfigurationError(f"worker name {worker!r}: use letters, digits, - and _")
+        self.executor_id = f"agentloop-w-{worker}" if worker else f"agentloop-{uuid.uuid4().hex}"
         self._queue = f"agentloop-resume-{self.executor_id}"
+        self.queues = list(queues)
 
     def __repr__(self) -> str:
         return f"DurableStore({_safe_url(self.url)!r})"
@@ -263,13 +290,14 @@ class DurableStore:
             "system_database_url": self.url,
             "application_version": APP_VERSION,
             # its own executor id: DBOS then never resumes runs on its own at launch; a run is
-            # resumed when (and where) it is asked for again
+            # resumed when (and where) it is asked for again. A named worker's id is stable:
+            # at launch it puts the runs it had in flight back on their queue.
             "executor_id": self.executor_id,
             "console_log_level": "WARNING",
         }
         try:
             DBOS(config=config)
-            DBOS.listen_queues([self._queue])
+            DBOS.listen_queues([self._queue, *self.queues])
             # on this thread: DBOS then runs resumed runs on this event loop (where the run's
             # consumer is), not on a loop of its own
             DBOS.launch()
@@ -285,6 +313,50 @@ class DurableStore:
     async def __aexit__(self, *exc: object) -> None:
         DurableStore._open = None
         await anyio.to_thread.run_sync(lambda: DBOS.destroy(destroy_registry=False))
+
+    def serve(self, runner: Runner | None) -> None:
+        """Run the workflows this process takes from its ``queues`` with ``runner``'s agent
+        and channel (None: stop). Set it before the store is opened: a named worker takes back
+        its runs at launch."""
+        _RUNNER.clear()
+        if runner is not None:
+            _RUNNER.append(runner)
+
+    async def open_queue(self, name: str, concurrency: int) -> Any:
+        """A work queue in the store (shared by every process on it), ``concurrency`` runs at
+        a time in this process."""
+        self._check_open()
+        return await DBOS.register_queue_async(
+            name, worker_concurrency=concurrency, polling_interval_sec=0.1
+        )
+
+    async def finished(self, run_ids: Sequence[str]) -> dict[str, RunResult]:
+        """The results of those of ``run_ids`` that have finished (wherever they ran)."""
+        self._check_open()
+        found: dict[str, RunResult] = {}
+        ids = list(run_ids)
+        for start in range(0, len(ids), 500):
+            rows = await DBOS.list_workflows_async(
+                workflow_ids=ids[start : start + 500],
+                status=["SUCCESS", "ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"],
+                load_input=False,
+            )
+            for row in rows:
+                if row.status == "SUCCESS" and isinstance(row.output, dict):
+                    found[row.workflow_id] = _records.result_from(row.output)
+                elif row.status != "SUCCESS":  # the workflow itself failed: an error run
+                    why = f"the run's workflow failed in the store: {row.error}"
+                    found[row.workflow_id] = RunResult("", "error", [], [], Usage(), 0.0, why)
+        return found
+
+    async def enqueue(self, queue: Any, run_id: str, task: str, start: list[Message]) -> None:
+        """Put the run on ``queue`` unless the store has it already (the run id is the key:
+        every process of a fleet may enqueue the same runs, each is run once)."""
+        self._check_open()
+        if await DBOS.get_workflow_status_async(run_id) is not None:
+            return
+        with SetWorkflowID(run_id):
+            await queue.enqueue_async(_run_workflow, task, list(start))
 
     def _check_open(self) -> None:
         if DurableStore._open is not self:
@@ -415,4 +487,7 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
-__all__ = ["DurableRunError", "DurableStore"]
+Live = _Live
+database_url = _database_url
+
+__all__ = ["Control", "DurableRunError", "DurableStore", "Live", "database_url"]

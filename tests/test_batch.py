@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import types
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from rich.console import Console
 
 import agentloop
-from agentloop import Agent, Budget, ConfigurationError, tool
+from agentloop import Budget, ConfigurationError, tool
 from agentloop.batch import (
     Progress,
     abatch,
@@ -366,45 +365,21 @@ def test_run_ids_are_id_hash_run() -> None:
 
 # -- the durable hooks (agentloop.durable is the lead's; here a stand-in) ----------------------
 @pytest.mark.anyio
-async def test_with_a_db_each_run_gets_its_run_id_and_the_store(
-    sim_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_with_a_db_runs_go_through_the_store_and_come_back_from_it(
+    sim_factory: Any, tmp_path: Path
 ) -> None:
-    opened: list[str] = []
-    given: list[tuple[str, Any]] = []
-
-    class DurableStore:
-        def __init__(self, url: str) -> None:
-            self.url = url
-
-        async def __aenter__(self) -> DurableStore:
-            opened.append(self.url)
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            opened.append("closed")
-
-    fake = types.ModuleType("agentloop.durable")
-    fake.DurableStore = DurableStore  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "agentloop.durable", fake)
-
-    class RecordingAgent(Agent):
-        def stream(self, task: str | None = None, **kwargs: Any) -> Any:
-            given.append((kwargs.pop("run_id"), kwargs.pop("store")))
-            return super().stream(task, **kwargs)
-
     sim = await sim_factory(policy=AnswerPolicy())
-    model = kimi(sim)
-    agent = RecordingAgent(model, tools=[add])
     db = str(tmp_path / "runs.db")
-    summary = await abatch(
-        write_tasks(tmp_path / "t.jsonl"), tmp_path / "r.jsonl", agent=agent, runs=K, db=db
-    )
-    await model.aclose()
-    assert summary.recorded == 6 and opened == [db, "closed"]
-    assert sorted(rid for rid, _ in given) == sorted(
+    summary = await run_batch(sim, write_tasks(tmp_path / "t.jsonl"), tmp_path / "r.jsonl", db=db)
+    assert summary.recorded == 6 and sim.stats.completions == CLEAN_CALLS
+    assert sorted(r["run_id"] for r in lines(tmp_path / "r.jsonl")) == sorted(
         f"{t['id']}#{r}" for t in TASKS for r in range(K)
     )
-    assert all(isinstance(store, DurableStore) for _, store in given)
+    # a second results file for the same store: every pair comes back from it, no model call
+    again = await run_batch(sim, tmp_path / "t.jsonl", tmp_path / "r2.jsonl", db=db)
+    assert again.recorded == 6 and sim.stats.completions == CLEAN_CALLS
+    first = {(r["id"], r["run"]): r["output"] for r in lines(tmp_path / "r.jsonl")}
+    assert first == {(r["id"], r["run"]): r["output"] for r in lines(tmp_path / "r2.jsonl")}
 
 
 @pytest.mark.anyio
