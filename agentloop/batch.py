@@ -170,7 +170,6 @@ class ResultsFile:
         self.records: dict[tuple[str, int], Record] = {}
         self.dropped_bytes = 0  # the torn tail removed by ``load``
         self.duplicates = 0
-        self._file: Any = None
         self._lock = threading.Lock()
 
     def load(self) -> dict[tuple[str, int], Record]:
@@ -207,17 +206,6 @@ class ResultsFile:
                 os.fsync(handle.fileno())
         return self.records
 
-    def append(self, record: Record) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with self._lock:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self.records[(str(record["id"]), int(record["run"]))] = record
-
     def append_once(self, record: Record) -> bool:
         """Append ``record`` unless the file has its pair, under an exclusive lock on the file:
         workers of a fleet on one machine may share it. False if the pair was there."""
@@ -246,10 +234,7 @@ class ResultsFile:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        """Nothing stays open between appends (each takes the file's lock)."""
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -653,12 +638,13 @@ class Batch:
             store.serve(None)
 
     def _write(self, task: Task, run: int, result: RunResult, duration_s: float) -> None:
+        """The pair's line, and the counts; nothing if a worker sharing the file wrote it."""
         progress = self.progress
         if result.error and _CONFIG_ERROR.match(result.error):
             raise ConfigurationError(result.error)
         record = self.record(task, run, result, duration_s)
         if not self.results.append_once(record):
-            return  # another worker sharing the file wrote it
+            return
         progress.ran += 1
         progress.recorded += 1
         progress.stop_reasons[result.stop_reason] += 1
@@ -741,17 +727,7 @@ class Batch:
             progress.cancelled += 1
             self.reporter.update(progress)
             return
-        if result.error and _CONFIG_ERROR.match(result.error):
-            raise ConfigurationError(result.error)
-        record = self.record(task, run, result, time.monotonic() - started)
-        self.results.append(record)
-        progress.ran += 1
-        progress.recorded += 1
-        progress.stop_reasons[result.stop_reason] += 1
-        self._left[task.key] -= 1
-        if self._left[task.key] == 0:
-            progress.tasks_done += 1
-        self.reporter.finished(progress, record)
+        self._write(task, run, result, time.monotonic() - started)
 
     def _observe(self, event: ev.Event, seen: _Seen) -> None:
         progress = self.progress

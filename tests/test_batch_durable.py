@@ -41,6 +41,36 @@ def look(query: str) -> str:
 '''
 
 
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONSHOT_")}
+    env["MOONSHOT_API_KEY"] = "sk-sim"
+    return env
+
+
+def batch_command(sim: SimServer, out: str, runs: int, concurrency: int, *extra: str) -> list[str]:
+    """``agentloop batch`` of tasks.jsonl with mytools against ``sim``, durable in runs.db."""
+    return [
+        sys.executable,
+        "-m",
+        "agentloop.cli",
+        "batch",
+        "tasks.jsonl",
+        "--out",
+        out,
+        "--db",
+        "runs.db",
+        "--runs",
+        str(runs),
+        "--concurrency",
+        str(concurrency),
+        "--tools",
+        "mytools",
+        "--base-url",
+        sim.base_url,
+        *extra,
+    ]
+
+
 def policy(ctx: PolicyContext) -> Turn:
     if ctx.step < STEPS:
         return Turn(reasoning="Looking.", tool_calls=[ToolCall("look", '{"query": "x"}')])
@@ -65,27 +95,8 @@ def test_a_batch_killed_mid_way_resumes_without_redoing_work(
 ) -> None:
     (tmp_path / "mytools.py").write_text(TOOLS)
     (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TASKS))
-    args = [
-        sys.executable,
-        "-m",
-        "agentloop.cli",
-        "batch",
-        "tasks.jsonl",
-        "--out",
-        "results.jsonl",
-        "--db",
-        "runs.db",
-        "--runs",
-        str(K),
-        "--concurrency",
-        str(CONCURRENCY),
-        "--tools",
-        "mytools",
-        "--base-url",
-        sim.base_url,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONSHOT_")}
-    env["MOONSHOT_API_KEY"] = "sk-sim"
+    args = batch_command(sim, "results.jsonl", K, CONCURRENCY)
+    env = cli_env()
     out = tmp_path / "results.jsonl"
     child = subprocess.Popen(
         args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

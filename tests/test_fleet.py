@@ -7,11 +7,9 @@ flight: no run was done twice by two workers, none was lost."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 
 from agentloop.sim import SimConfig, SimServer
 
-from .test_batch_durable import STEPS, TOOLS, policy, results
+from .test_batch_durable import STEPS, TOOLS, batch_command, cli_env, policy, results
 
 TASKS = [{"id": f"t{i}", "task": f"Find the word w{i}.", "answer": f"w{i}"} for i in range(6)]
 K = 2
@@ -37,32 +35,9 @@ def sim() -> Iterator[SimServer]:
 
 
 def start(sim: SimServer, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONSHOT_")}
-    env["MOONSHOT_API_KEY"] = "sk-sim"
-    args = [
-        sys.executable,
-        "-m",
-        "agentloop.cli",
-        "batch",
-        "tasks.jsonl",
-        "--out",
-        f"results-{name}.jsonl",
-        "--db",
-        "runs.db",
-        "--worker",
-        name,
-        "--runs",
-        str(K),
-        "--concurrency",
-        str(CONCURRENCY),
-        "--tools",
-        "mytools",
-        "--base-url",
-        sim.base_url,
-        "--plain",
-    ]
+    args = batch_command(sim, f"results-{name}.jsonl", K, CONCURRENCY, "--worker", name, "--plain")
     return subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
 
 
