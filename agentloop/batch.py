@@ -562,6 +562,9 @@ class Batch:
         finally:
             self.results.close()
             self.reporter.stopped()
+            limiter: Any = getattr(self.agent.model, "limiter", None)
+            if type(limiter).__name__ == "DatabaseLimiter":
+                limiter.close()  # its connection and lease thread (made by ``prepare``)
         if self._fatal is not None:
             raise self._fatal
         summary = self.summary()
@@ -809,6 +812,15 @@ def prepare(
                 top_p=chosen.top_p,
                 rpm=rpm,
             )
+            if db is not None and rpm:
+                # a fleet shares one account: its request log lives in the store's database,
+                # so the workers together keep the limit
+                from .limits_db import DatabaseLimiter
+
+                secret = getattr(model, "_api_key", None)
+                model.limiter = DatabaseLimiter(
+                    db, secret.reveal() if secret else "", base_url=model.base_url, rpm=rpm
+                )
         agent = Agent(
             model,
             tools=tools,

@@ -233,9 +233,10 @@ async def _run_workflow(task: str, start: list[Message]) -> dict[str, Any]:
 def _database_url(location: str | os.PathLike[str]) -> str:
     text = os.fspath(location)
     if "://" in text:
-        if not text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        if not text.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
             raise ConfigurationError(
-                f"store {text!r}: give a SQLite file path (runs.db) or a postgresql:// URL"
+                f"store {_safe_url(text)!r}: give a SQLite file path (runs.db) or a "
+                "postgresql:// URL"
             )
         return text
     path = Path(text).expanduser().resolve()

@@ -28,6 +28,7 @@ import threading
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -38,6 +39,27 @@ from .clock import DEFAULT_CLOCK, Clock, MonotonicClock, ScaledClock
 
 class LimiterConflictWarning(UserWarning):
     """Two clients of one account asked for different limits; both now use the stricter."""
+
+
+class AdmissionPermit(Protocol):
+    """What a model client does with an admitted request (``Permit``, ``DatabasePermit``):
+    ``touch`` when the server answers, ``reconcile`` with the billed tokens, then ``release``.
+    ``waited`` is the time spent queued, on the limiter's clock."""
+
+    waited: float
+
+    def reconcile(self, actual_tokens: int) -> None: ...
+
+    def touch(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Limiter(Protocol):
+    """What a model client takes as ``limiter=``: ``RateLimiter`` (one process) or
+    ``agentloop.limits_db.DatabaseLimiter`` (a fleet of processes sharing a database)."""
+
+    async def acquire(self, tokens: int = 0) -> AdmissionPermit: ...
 
 
 def current_loop() -> object:

@@ -16,6 +16,8 @@ BENCHMARKS = (
     "validation",
     "long_search",
     "estimate_error",
+    "durable_cost",
+    "fleet_limit",
 )
 
 

@@ -10,6 +10,8 @@ import pytest
 from agentloop.models import KimiModel
 from agentloop.sim import SimConfig, SimServer
 
+from .postgres import postgres_server, postgres_url  # noqa: F401 - the Postgres fixtures
+
 # The project's shared documents sit beside the checkout (../shared); override for odd layouts.
 SHARED = Path(os.environ.get("AGENTLOOP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 

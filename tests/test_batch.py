@@ -382,6 +382,18 @@ async def test_with_a_db_runs_go_through_the_store_and_come_back_from_it(
     assert first == {(r["id"], r["run"]): r["output"] for r in lines(tmp_path / "r2.jsonl")}
 
 
+def test_a_batch_with_a_db_keeps_the_rate_limit_in_it(tmp_path: Path) -> None:
+    from agentloop.limits_db import DatabaseLimiter
+
+    db = str(tmp_path / "runs.db")
+    job = prepare(write_tasks(tmp_path / "t.jsonl"), tmp_path / "r.jsonl", api_key="k", db=db)
+    limiter = job.agent.model.limiter  # type: ignore[attr-defined]
+    assert isinstance(limiter, DatabaseLimiter) and limiter.rpm == 50
+    limiter.close()
+    plain = prepare(tmp_path / "t.jsonl", tmp_path / "r.jsonl", api_key="k")
+    assert not isinstance(plain.agent.model.limiter, DatabaseLimiter)  # type: ignore[attr-defined]
+
+
 @pytest.mark.anyio
 async def test_a_db_without_the_durable_extra_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

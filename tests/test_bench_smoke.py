@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 
 from bench import (
+    durable_cost,
     estimate_error,
     fleet,
+    fleet_limit,
     long_search,
     rate_limit,
     step_overhead,
     streaming_parse,
     validation,
 )
+from bench.pgserver import missing_reason
 
 
 def rows(path: Path) -> object:
@@ -91,3 +94,34 @@ def test_estimate_error_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         [llama] = [r for r in data if r["source"] == "llamacpp" and r["kind"] == "all"]
         assert llama["requests"] == 12  # the 15 recorded responses with usage, less warm-up
         assert llama["calibrated_mape"] < llama["default_mape"]
+
+
+def test_durable_cost_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    assert (
+        durable_cost.main(["--steps", "3", "--runs", "1", "--repeat", "1", "--json", str(out)]) == 0
+    )
+    table = capsys.readouterr().out
+    data = rows(out)
+    assert isinstance(data, list)
+    # the Postgres row only where a server can be started (tests/postgres.py fails CI without)
+    expected = ["plain", "sqlite"] + (["postgres"] if missing_reason() is None else [])
+    assert [r["store"] for r in data] == expected
+    assert all("error" not in r and r["steps"] == 3 and r["cpu_ms_per_step"] > 0 for r in data)
+    # the durable runs were journaled (each is finished in its store), the plain one not
+    assert [r["finished_in_store"] for r in data] == [0] + [1] * (len(expected) - 1)
+    assert data[0]["wall_vs_plain"] == 1.0
+    assert "journal +wall ms/step" in table and "durable, sqlite" in table
+
+
+def test_fleet_limit_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    args = ["--rpm", "6", "--factor", "60", "--windows", "1", "--cycles", "20", "--no-postgres"]
+    assert fleet_limit.main([*args, "--json", str(out)]) == 0
+    data = rows(out)
+    assert isinstance(data, list)
+    [sqlite] = data
+    assert sqlite["requests"] == 12 and sqlite["errors"] == 0 and sqlite["server_429"] == 0
+    assert sqlite["busiest_minute"] <= 1.0  # never more than the limit in any minute
+    assert [c["cycles"] for c in sqlite["cost"]] == [20, 60]
+    assert "busiest sliding minute" in capsys.readouterr().out

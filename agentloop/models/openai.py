@@ -35,7 +35,7 @@ from ..errors import (
     UnexpectedResponseError,
     error_from_response,
 )
-from ..limits import Permit, RateLimiter, current_loop, shared_limiter
+from ..limits import AdmissionPermit, Limiter, current_loop, shared_limiter
 from ..messages import Message, Usage
 from ..pricing import RateCard
 from ..retry import RetryPolicy
@@ -136,7 +136,7 @@ class OpenAIModel:
         rpm: int | None = None,
         tpm: int | None = None,
         max_concurrency: int | None = None,
-        limiter: RateLimiter | None = _UNSET,
+        limiter: Limiter | None = _UNSET,
         retry: RetryPolicy | None = None,
         clock: Clock = DEFAULT_CLOCK,
         transport: Transport | None = None,
@@ -201,7 +201,7 @@ class OpenAIModel:
                 if (rpm or tpm or max_concurrency)
                 else None
             )
-        self.limiter: RateLimiter | None = limiter
+        self.limiter: Limiter | None = limiter
         self._transport: Transport = (
             transport if transport is not None else Httpx2Transport(timeout=timeout)
         )
@@ -488,7 +488,7 @@ class OpenAIModel:
         self,
         payload: bytes,
         attempt: int,
-        permit: Permit | None,
+        permit: AdmissionPermit | None,
         progress: _Progress,
         first_wait: tuple[float | None, bool],
     ) -> AsyncGenerator[Delta, None]:
