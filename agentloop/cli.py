@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
@@ -33,6 +33,9 @@ from .sim.profiles import PROFILES
 from .tools import Tool, tool
 from .transcript import TranscriptError, TranscriptWriter, event_to_dict
 from .transcript import load as load_transcript
+
+if TYPE_CHECKING:
+    from .mcp import MCPServer
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -288,20 +291,40 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"agentloop run: {exc}", file=sys.stderr)
         return 2
-    agent = Agent(model, tools=tools, instructions=args.instructions, budget=budget)
     interrupts = Interrupts()
-    result = anyio.run(
-        lambda: show_run(
-            agent,
-            args.task,
-            mode=_mode(args),
-            transcript=args.transcript,
-            show_reasoning=args.show_reasoning,
-            interrupts=interrupts,
-            show_error=False,
-        )
-    )
+
+    async def main() -> RunResult:
+        async with contextlib.AsyncExitStack() as stack:
+            given = list(tools)
+            for spec in args.mcp or []:
+                server = await stack.enter_async_context(_mcp_server(spec))
+                given.extend(server.tools())
+            agent = Agent(model, tools=given, instructions=args.instructions, budget=budget)
+            return await show_run(
+                agent,
+                args.task,
+                mode=_mode(args),
+                transcript=args.transcript,
+                show_reasoning=args.show_reasoning,
+                interrupts=interrupts,
+                show_error=False,
+            )
+
+    try:
+        result = anyio.run(main)
+    except ConfigurationError as exc:  # an MCP server that cannot start, or clashing names
+        print(f"agentloop run: {exc}", file=sys.stderr)
+        return 2
     return _exit_code(result, interrupts, "run")
+
+
+def _mcp_server(spec: str) -> MCPServer:
+    """``--mcp SPEC``: a URL (streamable HTTP) or a command line (stdio)."""
+    try:
+        from .mcp import MCPServer  # the optional extra, imported when used
+    except ImportError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return MCPServer.parse(spec)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -529,6 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         metavar="MODULE[:ATTR]",
         help="a tool module (every @tool in it) or one attribute of it; repeat for more",
+    )
+    r.add_argument(
+        "--mcp",
+        action="append",
+        metavar="COMMAND|URL",
+        help='an MCP server\'s tools: a command line ("python -m mcp_server_time") or a '
+        "streamable HTTP URL; repeat for more (needs agentloop[mcp])",
     )
     r.add_argument("--model", default="kimi-k2.6")
     r.add_argument(

@@ -8,9 +8,12 @@ pydantic model built once per tool, before the function runs. Every failure beco
 ``ToolOutcome`` with a message the model can act on.
 
 A ``Toolbox`` holds an agent's tools and runs the tool calls of one step: concurrently, each
-within its ``timeout_s``. A sync function runs in a worker thread; when its call times out or the
-run stops, the thread is abandoned (Python cannot stop a thread) and ``stop_requested()`` turns
-true inside it, so a long-running function can check it and return early.
+within its ``timeout_s``. Tools that come from a ``Toolset`` (an MCP server, whose list can change
+while it runs) are followed: when the toolset's ``generation`` moves, the toolbox takes its new
+list the next time the loop reads ``specs``, which it does once at the start of every step.
+A sync function runs in a worker thread; when its call times out or the run stops, the thread is
+abandoned (Python cannot stop a thread) and ``stop_requested()`` turns true inside it, so a
+long-running function can check it and return early.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from __future__ import annotations
 import contextvars
 import inspect
 import json
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_type_hints, overload
+from typing import Any, Protocol, TypeVar, get_type_hints, overload
 
 import anyio
 import pydantic
@@ -36,6 +40,7 @@ from .messages import Message
 from .models.base import AnyTool, BuiltinTool, ToolSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("agentloop.tools")
 
 _GOOGLE_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params)\s*:\s*$")
 _NUMPY_HEADER = re.compile(r"^\s*(Parameters|Params)\s*$")
@@ -116,7 +121,8 @@ class ToolOutcome:
     content: str
     ok: bool
     error: str | None = None  # "invalid_json", "arguments_too_large", "invalid_arguments",
-    # "unknown_tool", "timeout", "exception", "retry_limit", "interrupted"
+    # "unknown_tool", "timeout", "exception", "retry_limit", "interrupted"; from MCP servers
+    # (agentloop.mcp) also "tool_error" (the server's isError) and "disconnected"
     duration_s: float = 0.0
 
 
@@ -273,8 +279,23 @@ def stop_requested() -> bool:
     return event is not None and event.is_set()
 
 
+class Toolset(Protocol):
+    """A source of tools whose list can change while an agent runs (``agentloop.mcp.MCPServer``).
+
+    ``generation`` moves whenever ``tools()`` would return a different list. Each of its tools
+    has ``toolset`` set to it, so a ``Toolbox`` given those tools follows the changes."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def tools(self) -> list[Tool]: ...
+
+
 class Tool:
-    """A callable the model can use. Build with ``@tool`` or ``Tool.from_schema``."""
+    """A callable the model can use. Build with ``@tool`` or ``Tool.from_schema``.
+
+    A function may return a ``ToolOutcome`` to report its own result and success (how an MCP
+    server's ``isError`` reaches the model); any other value is rendered as the result."""
 
     def __init__(
         self,
@@ -289,6 +310,8 @@ class Tool:
         max_failures: int = 3,
         max_result_chars: int | None = None,
         repeat_safe: bool = True,
+        source: str | None = None,
+        toolset: Toolset | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -301,6 +324,10 @@ class Tool:
         # False: a call interrupted by a crash is not run again when its durable run resumes;
         # the model is told its outcome is unknown (for tools that act rather than read)
         self.repeat_safe = repeat_safe
+        # where the tool comes from, for events and telemetry: None for a Python function,
+        # "mcp:<server>" for a tool of an MCP server
+        self.source = source
+        self.toolset = toolset  # the Toolset that made it, whose changes a Toolbox follows
         self._arguments_model = arguments_model
         Draft202012Validator.check_schema(parameters)
         self._validator = Draft202012Validator(parameters)  # compiled once per tool
@@ -463,19 +490,72 @@ class Toolbox:
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.now = now  # the agent's Clock, for durations
-        self.tools: dict[str, Tool] = {}
         self.builtins: dict[str, BuiltinTool] = {}
+        # the items in order; a toolset's tools stand where its first tool was given
+        self._entries: list[Tool | Toolset] = []
+        # per toolset: the names given (None: all of its tools were, so follow its whole list)
+        self._followed: dict[int, tuple[Toolset, frozenset[str] | None]] = {}
+        given: list[Tool] = []
         for item in items:
             if isinstance(item, BuiltinTool):  # run by the provider, e.g. Kimi's $web_search
                 self.builtins[item.name] = item
                 continue
             t = item if isinstance(item, Tool) else tool(item)
-            if t.name in self.tools:
-                raise ConfigurationError(f"two tools are named {t.name!r}")
-            self.tools[t.name] = t
+            given.append(t)
+            if t.toolset is None:
+                self._entries.append(t)
+            elif id(t.toolset) not in self._followed:
+                self._entries.append(t.toolset)
+                self._followed[id(t.toolset)] = (t.toolset, None)
+        for key, (toolset, _) in self._followed.items():
+            names = frozenset(t.name for t in given if t.toolset is toolset)
+            whole = {t.name for t in toolset.tools()} <= names
+            self._followed[key] = (toolset, None if whole else names)
         self.max_result_chars = max_result_chars
-        self.specs: list[AnyTool] = [t.spec for t in self.tools.values()]
-        self.specs.extend(self.builtins.values())
+        self.tools: dict[str, Tool] = {}
+        self._specs: list[AnyTool] = []
+        self._seen: dict[int, int] = {}
+        self._assemble(given, strict=True)
+
+    @property
+    def specs(self) -> list[AnyTool]:
+        """The tools as the model is offered them; a toolset's changes are taken here."""
+        if self._followed and any(
+            toolset.generation != self._seen[key] for key, (toolset, _) in self._followed.items()
+        ):
+            self._assemble(None, strict=False)
+        return self._specs
+
+    def _assemble(self, given: list[Tool] | None, *, strict: bool) -> None:
+        """Build ``tools`` and ``specs``: from the tools ``given`` (at first), else from the
+        entries with each toolset's current list. ``strict``: two tools of one name are a
+        ``ConfigurationError``; on a refresh the later one is left out (and logged)."""
+        tools: dict[str, Tool] = {}
+        self._seen = {key: toolset.generation for key, (toolset, _) in self._followed.items()}
+        if given is None:
+            given = []
+            for entry in self._entries:
+                if isinstance(entry, Tool):
+                    given.append(entry)
+                    continue
+                _, names = self._followed[id(entry)]
+                given.extend(t for t in entry.tools() if names is None or t.name in names)
+        for t in given:
+            if t.name in tools:
+                first = tools[t.name]
+                where = ""
+                if first.source or t.source:
+                    where = f" (from {first.source or 'Python'} and {t.source or 'Python'})"
+                    where += "; give an MCP server a prefix= to keep its names apart"
+                if strict:
+                    raise ConfigurationError(f"two tools are named {t.name!r}{where}")
+                log.warning("agentloop: a second tool named %r is left out%s", t.name, where)
+                continue
+            tools[t.name] = t
+        self.tools = tools
+        specs: list[AnyTool] = [t.spec for t in tools.values()]
+        specs.extend(self.builtins.values())
+        self._specs = specs
 
     async def run(
         self,
@@ -555,6 +635,9 @@ class Toolbox:
                 f"Error: {target.name} timed out after {target.timeout_s:g}s.", False, "timeout"
             )
         limit = target.max_result_chars or self.max_result_chars
+        if isinstance(value, ToolOutcome):  # the tool reported its own outcome
+            value.content = render_result(value.content, limit)
+            return value
         return ToolOutcome(render_result(value, limit), True)
 
 
@@ -582,6 +665,7 @@ __all__ = [
     "Tool",
     "ToolOutcome",
     "Toolbox",
+    "Toolset",
     "history_arguments",
     "load_arguments",
     "parse_docstring",
