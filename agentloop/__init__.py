@@ -34,7 +34,7 @@ from .limits import RateLimiter
 from .messages import Usage
 from .models import WEB_SEARCH, BuiltinTool, KimiModel, OpenAIModel
 from .pricing import KIMI_K2_6, RateCard
-from .result import RunResult, StepRecord, ToolCallRecord
+from .result import Edited, PendingCall, Rejected, RunResult, StepRecord, ToolCallRecord
 from .retry import RetryPolicy
 from .tools import Tool, tool
 
@@ -53,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "ContentFilterError",
     "ContextLengthError",
+    "Edited",
     "EmptyResponseError",
     "EngineOverloadedError",
     "EstimatedUsageWarning",
@@ -63,12 +64,14 @@ __all__ = [
     "NotFoundError",
     "NothingListeningError",
     "OpenAIModel",
+    "PendingCall",
     "PermissionDeniedError",
     "ProtocolError",
     "QuotaExceededError",
     "RateCard",
     "RateLimitError",
     "RateLimiter",
+    "Rejected",
     "RetriesExhaustedError",
     "RetryPolicy",
     "RunResult",

@@ -15,10 +15,11 @@ built, so ``history=result.messages`` is always a valid next request.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,8 +39,19 @@ from .models.base import (
     ResponseStarted,
     RetryDelta,
     TextDelta,
+    ToolCallDelta,
 )
-from .result import RunResult, StepRecord, StopReason, ToolCallRecord
+from .output import NUDGE, TOOL_NAME
+from .result import (
+    Decision,
+    Edited,
+    PendingCall,
+    Rejected,
+    RunResult,
+    StepRecord,
+    StopReason,
+    ToolCallRecord,
+)
 from .tools import MAX_ARGUMENT_CHARS, ToolOutcome, prepare_calls
 
 if TYPE_CHECKING:
@@ -53,6 +65,10 @@ FINAL_ANSWER_PROMPT = (
     "You have reached the run's {limit}. Do not call any more tools. Give your best final answer "
     "now, from what you have found so far."
 )
+FINAL_OUTPUT_PROMPT = (
+    "You have reached the run's {limit}. Do not call any other tool. Call " + TOOL_NAME
+    + " now with your best answer, from what you have found so far."
+)
 LIMIT_LABELS = {
     "max_steps": "step limit",
     "token_budget": "token budget",
@@ -60,7 +76,7 @@ LIMIT_LABELS = {
     "loop_detected": "repeat limit (the same tool call kept repeating)",
 }
 
-Kind = Literal["answer", "tools", "reasoning_exhausted", "empty", "refused", "glitch"]
+Kind = Literal["answer", "tools", "reasoning_exhausted", "empty", "refused", "glitch", "paused"]
 
 
 @dataclass(slots=True)
@@ -111,6 +127,9 @@ class _State:
     assumed_tokens: int = 0
     assumed_cost: float = 0.0
     output: str = ""
+    value: Any = None  # the structured output, once a valid one came (``output_type``)
+    has_value: bool = False
+    output_tries: int = 0  # answers that did not validate
     repeats: dict[tuple[str, str], int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     # (prompt + completion tokens the server reported for the last call, history length then):
@@ -131,18 +150,27 @@ class Run:
         emit: Emit,
         control: Control,
         journal: Journal | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+        carried: RunResult | None = None,
     ):
         self.agent = agent
+        self.approvals = dict(approvals or {})
+        self.pending: list[dict[str, Any]] = []  # calls left for a person to decide
         self.model = agent.model
         self.budget = agent.budget
         self.clock = agent.clock
         self.state = _State(messages)
+        if carried is not None:  # a paused run resumed: its steps and spend count on
+            self.state.steps = list(carried.steps)
+            self.state.usage = replace(carried.usage)
+            self.state.cost = carried.cost_usd
         self.emit = emit
         self.control = control
         self._finals_allowed = agent.budget.final_answer_on_limit
         self._warned_estimate = False  # EstimatedUsageWarning: once per run
+        self.journal = journal or Journal(self.clock.now)
         # what the request for a final answer adds to a prompt (the longest label)
-        self.final_prompt_tokens = self.model.estimate_tokens(
+        self.final_prompt_tokens = self.estimate(
             [
                 {
                     "role": "user",
@@ -150,9 +178,18 @@ class Run:
                 }
             ]
         )
-        self.journal = journal or Journal(self.clock.now)
         self.deadline = math.inf  # set once the run does new work (``_live``)
         self.journal.bind(self._live)
+
+    def estimate(self, messages: Sequence[Message], tools: Sequence[Any] = ()) -> int:
+        """The model's token estimate. A durable run takes the uncalibrated one: a model
+        client calibrates from every response it sees in its process, which a resumed run's
+        new process has not seen, and the decisions made on the estimate must be the same."""
+        if self.journal.durable:
+            plain = getattr(self.model, "default_estimate", None)
+            if plain is not None:
+                return int(plain(messages, tools))
+        return self.model.estimate_tokens(messages, tools)
 
     def _live(self, elapsed: float) -> None:
         """The run starts new work, ``elapsed`` seconds of working time already spent (a
@@ -180,7 +217,7 @@ class Run:
         await self._answer_calls(ending)
         s = self.state
         result = RunResult(
-            s.output,
+            s.value if self.agent.output is not None else s.output,
             ending.stop,
             s.messages,
             s.steps,
@@ -188,6 +225,10 @@ class Run:
             s.cost,
             ending.error,
             ending.detail or None,
+            [
+                PendingCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                for c in self.pending
+            ],
         )
         await self.emit(ev.RunFinished(result))
         return result
@@ -219,6 +260,7 @@ class Run:
         if not getattr(self.model, "window_known", True):
             # ask the server for its window before the first step is sized against a default
             await self.model.discover_context_window()  # type: ignore[attr-defined]
+        await self._settle_decisions()
         while True:
             number = len(self.state.steps) + 1
             if max_steps is not None and number > max_steps:
@@ -244,6 +286,16 @@ class Run:
                 self.state.size_memo = None
                 continue
             overflowed = False
+            if outcome.kind == "paused":
+                waiting = ", ".join(c["function"]["name"] for c in self.pending)
+                return Ending("approval_required", f"waiting for approval: {waiting}")
+            if self.agent.output is not None and outcome.kind in ("answer", "tools"):
+                verdict = self._output_progress(outcome)
+                if verdict is not None:
+                    return verdict
+                if not self.state.has_value:
+                    continue
+                return Ending("completed")
             if outcome.kind != "tools":
                 return self._end_of(outcome)
             if self._looping():
@@ -258,6 +310,34 @@ class Run:
         if outcome.kind == "refused":
             return Ending("refused", "the model's output was stopped by the content filter")
         return Ending("empty_answer", "the model answered with nothing, twice")
+
+    def _output_progress(self, outcome: StepOutcome) -> Ending | None:
+        """An ``output_type`` run after a step: the answer taken (from the final_answer call,
+        or a plain-text answer that validates), or one more try asked for, or the tries used
+        up. None: go on."""
+        out = self.agent.output
+        s = self.state
+        assert out is not None
+        if s.has_value:
+            return None
+        if outcome.kind == "answer":
+            value, why = out.from_text(outcome.response.text)
+            if why is None:
+                s.value, s.has_value = value, True
+                return None
+            s.output_tries += 1
+            if s.output_tries <= out.retries:
+                nudge = NUDGE.format(tool=TOOL_NAME, why=why)
+                s.messages.append({"role": "user", "content": nudge})
+                return None
+        if s.output_tries > out.retries:
+            return Ending(
+                "invalid_output",
+                f"no valid {TOOL_NAME} after {s.output_tries} tries",
+            )
+        if outcome.kind == "tools" and self._looping():
+            return Ending("loop_detected", "the same tool call kept repeating", None, True)
+        return None
 
     # -- limits ------------------------------------------------------------------------------
     def _fit(
@@ -301,14 +381,15 @@ class Run:
     def _prompt_size(self) -> int:
         """The next prompt's size: measured by the server where possible, estimated otherwise."""
         s = self.state
-        key = (len(s.messages), s.measured)
+        # the offered tools are part of an estimated prompt (an MCP server's list can change)
+        key = (len(s.messages), s.measured, id(self.agent.toolbox.specs))
         if s.size_memo is not None and s.size_memo[0] == key:
             return s.size_memo[1]
         if s.measured is not None and s.measured[1] <= len(s.messages):
             tokens, count = s.measured
-            size = tokens + self.model.estimate_tokens(s.messages[count:])
+            size = tokens + self.estimate(s.messages[count:])
         else:
-            size = self.model.estimate_tokens(s.messages, self.agent.toolbox.specs)
+            size = self.estimate(s.messages, self.agent.toolbox.specs)
         s.size_memo = (key, size)
         return size
 
@@ -369,6 +450,8 @@ class Run:
             await self._run_tools(number, calls, record, final)
             if final:
                 kind = "answer"
+            elif self.pending:
+                kind = "paused"
         record.duration_s = self.journal.now() - began
         s = self.state
         await self.emit(ev.StepFinished(number, record, replace(s.usage), s.cost))
@@ -393,7 +476,7 @@ class Run:
         last = response.usage
         if last.input_tokens:
             # the message as sent back may weigh more than the output reported for it
-            sent_back = self.model.estimate_tokens([response.message])
+            sent_back = self.estimate([response.message])
             s.measured = (last.input_tokens + max(last.output_tokens, sent_back), len(s.messages))
             s.cached_prefix = last.cached_input_tokens
 
@@ -406,7 +489,8 @@ class Run:
             self.state.messages,
             specs,
             max_tokens,
-            tool_choice="none" if final and specs else None,
+            # with an output_type the last call must still be able to call final_answer
+            tool_choice="none" if final and specs and self.agent.output is None else None,
             input_tokens=self._prompt_size(),
         )
         return await self.call_model(request, number, live=True)
@@ -442,9 +526,16 @@ class Run:
         max_tokens = request.max_tokens or 0
         assembler = Assembler()
         answered = False  # this attempt got a response: the server may have billed it
+        # the indices of final_answer calls, whose arguments are the output as it comes
+        output_calls: set[int] | None = set() if live and self.agent.output else None
         try:
             async with aclosing(self.model.stream(request)) as deltas:
                 async for delta in deltas:
+                    if output_calls is not None and isinstance(delta, ToolCallDelta):
+                        if delta.name == TOOL_NAME:
+                            output_calls.add(delta.index)
+                        if delta.index in output_calls and delta.arguments:
+                            await self.emit(ev.OutputDelta(number, delta.arguments))
                     if live and isinstance(delta, ReasoningDelta):
                         await self.emit(ev.ReasoningDelta(number, delta.text))
                     elif live and isinstance(delta, TextDelta):
@@ -497,18 +588,97 @@ class Run:
         self, number: int, calls: list[dict[str, Any]], record: StepRecord, final: bool
     ) -> None:
         s = self.state
+        out = self.agent.output
+        if out is not None and any(c["function"]["name"] == TOOL_NAME for c in calls):
+            await self._take_output(number, calls, record)
+            return
         if final:  # a final-answer call came back with tool calls anyway: refuse them
             for call in calls:
                 s.messages.append(_tool_message(call, "Error: no more tool calls are allowed."))
             return
+        self.pending = [c for c in calls if self._asks_approval(c)]
+        calls = [c for c in calls if c not in self.pending]  # the others run now
         for call in calls:
             fn = call["function"]
             shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
-            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown))
+            source = self._source(fn["name"])
+            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown, source))
+        if not calls:
+            return
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         s.open_calls = (record, list(calls), outcomes)
         await self.agent.toolbox.run(calls, s.failures, outcomes, self.journal)
         await self._answer_calls()
+
+    def _source(self, name: str) -> str | None:
+        tool = self.agent.toolbox.tools.get(name)
+        return tool.source if tool is not None else None
+
+    def _asks_approval(self, call: dict[str, Any]) -> bool:
+        target = self.agent.toolbox.tools.get(call["function"]["name"])
+        return target is not None and target.asks_approval(call["function"]["arguments"])
+
+    async def _settle_decisions(self) -> None:
+        """A run resumed after ``approval_required``: run the approved calls (edited ones with
+        their new arguments), answer the rejected ones, before the first step."""
+        waiting = waiting_calls(self.state.messages)
+        if not waiting:
+            return
+        record = StepRecord(len(self.state.steps), None, Usage(), None, 0, 0.0, 0, 0.0)
+        run: list[dict[str, Any]] = []
+        for call in waiting:
+            decision = self.approvals[call["id"]]  # Agent checked every call has one
+            if isinstance(decision, Edited):
+                fn = {**call["function"], "arguments": json.dumps(decision.arguments)}
+                run.append({**call, "function": fn})
+            elif decision is True:
+                run.append(call)
+        outcomes: list[ToolOutcome | None] = [None] * len(run)
+        self.state.open_calls = (record, list(run), outcomes)
+        await self.agent.toolbox.run(run, self.state.failures, outcomes, self.journal)
+        await self._answer_calls()
+        for call in waiting:
+            decision = self.approvals[call["id"]]
+            if decision is True or isinstance(decision, Edited):
+                continue
+            reason = decision.reason if isinstance(decision, Rejected) else ""
+            note = "The user rejected this call; it was not run." + (
+                f" Reason: {reason}" if reason else ""
+            )
+            await self._answer(record, call, ToolOutcome(note, False, "rejected"), note)
+        # the answers go in call order (the API takes them in any order after the call)
+
+    async def _take_output(
+        self, number: int, calls: list[dict[str, Any]], record: StepRecord
+    ) -> None:
+        """A step that calls final_answer: its first such call is validated (the answer, or the
+        errors sent back for another try); every other call of the step is answered unrun."""
+        out = self.agent.output
+        assert out is not None
+        s = self.state
+        first = next(c for c in calls if c["function"]["name"] == TOOL_NAME)
+        value, why = out.from_arguments(first["function"]["arguments"])
+        if why is None:
+            s.value, s.has_value = value, True
+        else:
+            s.output_tries += 1
+        for call in calls:
+            fn = call["function"]
+            shown = fn["arguments"][:MAX_ARGUMENT_CHARS]
+            source = self._source(fn["name"])
+            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown, source))
+            if call is first:
+                content = why or "Final answer recorded."
+                problem = None if why is None else "invalid_output"
+                outcome = ToolOutcome(content, why is None, problem)
+            else:
+                content = (
+                    "Error: not run — the final answer ends the run."
+                    if why is None
+                    else f"Error: not run — fix the {TOOL_NAME} call first."
+                )
+                outcome = ToolOutcome(content, False, "not_run")
+            await self._answer(record, call, outcome, content)
 
     async def _answer(
         self, record: StepRecord, call: dict[str, Any], outcome: ToolOutcome, content: str
@@ -538,6 +708,7 @@ class Run:
                 outcome.error,
                 outcome.duration_s,
                 content,
+                self._source(fn["name"]),
             )
         )
 
@@ -584,11 +755,15 @@ class Run:
     async def _final_answer(self, ending: Ending) -> Ending:
         s = self.state
         last = s.messages[-1]
-        if last.get("role") == "assistant" and not last.get("tool_calls"):
+        if self.agent.output is not None:
+            if s.has_value:
+                return Ending(ending.stop)
+        elif last.get("role") == "assistant" and not last.get("tool_calls"):
             s.output = str(last.get("content") or "")
             return Ending(ending.stop)
         label = LIMIT_LABELS.get(ending.stop, ending.stop)
-        s.messages.append({"role": "user", "content": FINAL_ANSWER_PROMPT.format(limit=label)})
+        prompt = FINAL_OUTPUT_PROMPT if self.agent.output is not None else FINAL_ANSWER_PROMPT
+        s.messages.append({"role": "user", "content": prompt.format(limit=label)})
         max_tokens, blocked = self._fit("final", self._prompt_size())
         if max_tokens is None:
             s.messages.pop()
@@ -598,6 +773,14 @@ class Run:
         finally:
             if s.messages[-1].get("role") == "user":
                 s.messages.pop()  # never leave the request for a final answer unanswered
+        if self.agent.output is not None:
+            if not s.has_value and outcome.kind == "answer":
+                value, _ = self.agent.output.from_text(outcome.response.text)
+                if _ is None:
+                    s.value, s.has_value = value, True
+            if s.has_value:
+                return Ending(ending.stop)
+            return Ending(ending.stop, f"no final answer: no valid {TOOL_NAME} call")
         if outcome.kind == "answer" and outcome.response.text.strip():
             s.output = outcome.response.text
             return Ending(ending.stop)
@@ -637,6 +820,20 @@ def _classify(response: ModelResponse) -> Kind:
     if response.finish_reason == "tool_calls":
         return "glitch"  # seen from Kimi endpoints under load
     return "answer" if response.text.strip() else "empty"
+
+
+def waiting_calls(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The calls of the history's last assistant message that have no tool message yet: what a
+    run paused for approval left."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") == "assistant":
+            calls = message.get("tool_calls") or []
+            answered = {m.get("tool_call_id") for m in messages[index + 1 :]}
+            return [c for c in calls if c.get("id") not in answered]
+        if message.get("role") not in ("tool",):
+            return []
+    return []
 
 
 def _tool_message(call: dict[str, Any], content: str) -> Message:
@@ -679,7 +876,7 @@ class Window:
         return min(ceiling, total) if total is not None else ceiling
 
     def estimate(self, messages: Sequence[Message]) -> int:
-        return self._run.model.estimate_tokens(messages)
+        return self._run.estimate(messages)
 
     def replace(self, messages: list[Message]) -> None:
         s = self._run.state
@@ -691,7 +888,7 @@ class Window:
     async def summarise(self, messages: list[Message], max_tokens: int) -> str:
         run = self._run
         specs = run.agent.toolbox.specs
-        prompt = run.model.estimate_tokens(messages, specs)
+        prompt = run.estimate(messages, specs)
         fitted, _ = run._fit("extra", prompt, max_tokens)
         if fitted is None:
             return ""  # no room for a summary within the limits

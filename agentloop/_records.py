@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
+import pydantic_core
+
 from . import errors
 from ._journal import CallRecord
 from .messages import Usage
-from .models.base import ModelResponse
-from .result import RunResult, StepRecord, ToolCallRecord
+from .models.base import ModelResponse, RetryDelta
+from .result import PendingCall, RunResult, StepRecord, ToolCallRecord
 from .tools import ToolOutcome
 
 FORMAT = 1  # bump when a record's shape changes incompatibly
@@ -41,6 +43,11 @@ def call_to(record: CallRecord) -> dict[str, Any]:
             "request_id": response.request_id,
             "attempts": response.attempts,
             "limiter_wait": response.limiter_wait,
+            # the failed attempts before it (their errors as text, already redacted)
+            "retries": [
+                {"attempt": r.attempt, "error": str(r.error), "wait": r.wait}
+                for r in response.retries
+            ],
         },
         "billed": [usage_to(u) for u in record.billed],
         "assumed_tokens": record.assumed_tokens,
@@ -68,6 +75,10 @@ def call_from(raw: dict[str, Any]) -> CallRecord:
             r["request_id"],
             r["attempts"],
             r["limiter_wait"],
+            [
+                RetryDelta(x["attempt"], errors.APIError(x["error"], hint=""), x["wait"])
+                for x in r.get("retries", [])
+            ],
         )
     stop = raw["stop"]
     return CallRecord(
@@ -105,7 +116,10 @@ def outcome_from(raw: dict[str, Any]) -> ToolOutcome:
 def result_to(result: RunResult) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "output": result.output,
+        # a structured output as JSON data (the store's reader validates it again)
+        "output": result.output
+        if isinstance(result.output, str | None)
+        else pydantic_core.to_jsonable_python(result.output),
         "stop_reason": result.stop_reason,
         "messages": result.messages,
         "steps": [asdict(s) for s in result.steps],
@@ -113,6 +127,7 @@ def result_to(result: RunResult) -> dict[str, Any]:
         "cost_usd": result.cost_usd,
         "error": result.error,
         "detail": result.detail,
+        "pending": [asdict(p) for p in result.pending],
     }
 
 
@@ -132,4 +147,5 @@ def result_from(raw: dict[str, Any]) -> RunResult:
         raw["cost_usd"],
         raw["error"],
         raw["detail"],
+        [PendingCall(**p) for p in raw.get("pending", [])],
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -18,15 +18,16 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from . import events as ev
-from ._loop import Control, Run
+from ._loop import Control, Run, waiting_calls
 from .budget import Budget
 from .clock import DEFAULT_CLOCK, Clock
 from .context import ContextStrategy, default_strategies
 from .errors import ConfigurationError
 from .messages import Message
 from .models.base import BuiltinTool, Model
+from .output import OutputSpec
 from .pricing import RateCard
-from .result import RunResult
+from .result import Decision, RunResult
 from .telemetry import Telemetry
 from .tools import Tool, Toolbox
 
@@ -53,10 +54,15 @@ class Agent:
         rate_card: RateCard | None = None,
         context: Sequence[ContextStrategy] | None = None,
         clock: Clock | None = None,
+        output_type: Any = None,
+        output_retries: int = 2,
     ) -> None:
         self.model = model
         self.clock: Clock = clock or getattr(model, "clock", None) or DEFAULT_CLOCK
-        self.toolbox = Toolbox(tools, max_result_chars=max_result_chars, now=self.clock.now)
+        # with an output_type the answer is a call of its final_answer tool (agentloop.output)
+        self.output = OutputSpec(output_type, retries=output_retries) if output_type else None
+        offered = [*tools, self.output.tool] if self.output else tools
+        self.toolbox = Toolbox(offered, max_result_chars=max_result_chars, now=self.clock.now)
         self.instructions = instructions
         self.loop_limit = loop_limit
         self.rate_card = rate_card or model.rate_card
@@ -99,6 +105,8 @@ class Agent:
         history: Sequence[Message] | None = None,
         run_id: str | None = None,
         store: DurableStore | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+        resume: RunResult | None = None,
     ) -> RunStream:
         """Run the agent, yielding events; the last event is ``RunFinished``. Prefer
         ``async with agent.stream(task) as run: async for event in run: ...``, which releases
@@ -107,7 +115,8 @@ class Agent:
         events again, without deltas."""
         _check_durable(run_id, store)
         durable = (store, run_id) if store is not None and run_id is not None else None
-        return RunStream(self, task, self._start_messages(task, history), durable)
+        messages = self._start_messages(task, _resumed(history, resume), approvals)
+        return RunStream(self, task, messages, durable, approvals, resume)
 
     async def run(
         self,
@@ -116,6 +125,8 @@ class Agent:
         history: Sequence[Message] | None = None,
         run_id: str | None = None,
         store: DurableStore | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+        resume: RunResult | None = None,
     ) -> RunResult:
         """Run the agent to the end and return its result. Continue a conversation or resume a
         stopped run by passing its ``messages`` as ``history`` (with a new task, or none).
@@ -125,24 +136,59 @@ class Agent:
         with the same ``run_id``, task and history — after a crash, in a new process —
         continues after the last committed step (or returns the result, if it finished)."""
         _check_durable(run_id, store)
-        messages = self._start_messages(task, history)
+        history = _resumed(history, resume)
+        messages = self._start_messages(task, history, approvals)
         recorder = self.telemetry.run(task or "")
 
         async def record(event: ev.Event) -> None:
             recorder.on_event(event)
 
         if store is not None and run_id is not None:
-            return await store.drive(self, messages, task or "", run_id, record, Control())
-        return await Run(self, messages, record, Control()).drive(task or "")
+            return await store.drive(
+                self, messages, task or "", run_id, record, Control(), approvals, resume
+            )
+        run = Run(self, messages, record, Control(), approvals=approvals, carried=resume)
+        return await run.drive(task or "")
 
     def run_sync(
-        self, task: str | None = None, *, history: Sequence[Message] | None = None
+        self,
+        task: str | None = None,
+        *,
+        history: Sequence[Message] | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+        resume: RunResult | None = None,
     ) -> RunResult:
         """``run`` for scripts without an event loop."""
-        return anyio.run(lambda: self.run(task, history=history))
+        return anyio.run(
+            lambda: self.run(task, history=history, approvals=approvals, resume=resume)
+        )
 
-    def _start_messages(self, task: str | None, history: Sequence[Message] | None) -> list[Message]:
+    def _start_messages(
+        self,
+        task: str | None,
+        history: Sequence[Message] | None,
+        approvals: Mapping[str, Decision] | None = None,
+    ) -> list[Message]:
         messages: list[Message] = list(history or [])
+        waiting = waiting_calls(messages)
+        undecided = [c for c in waiting if c.get("id") not in (approvals or {})]
+        if undecided:
+            names = ", ".join(f"{c['id']} ({c['function']['name']})" for c in undecided)
+            raise ConfigurationError(
+                f"the history has tool calls waiting for approval: {names}; pass "
+                "approvals={call_id: True | False | Edited(arguments) | Rejected(reason)} "
+                "with a decision for each"
+            )
+        unknown = set(approvals or {}) - {c.get("id") for c in waiting}
+        if unknown:
+            raise ConfigurationError(
+                f"approvals for calls that are not waiting: {', '.join(sorted(unknown))}"
+            )
+        if waiting and task:
+            raise ConfigurationError(
+                "the history has tool calls waiting for approval: resume it without a new "
+                "task (the decided calls are answered first)"
+            )
         if not messages and self.instructions:
             messages.append({"role": "system", "content": self.instructions})
         if task:
@@ -156,6 +202,17 @@ class Agent:
                 "to continue the conversation"
             )
         return messages
+
+
+def _resumed(
+    history: Sequence[Message] | None, resume: RunResult | None
+) -> Sequence[Message] | None:
+    """``resume=result`` continues a stopped run: its history, and its steps and spend."""
+    if resume is None:
+        return history
+    if history is not None:
+        raise ConfigurationError("pass resume=result or history=messages, not both")
+    return resume.messages
 
 
 def _check_durable(run_id: str | None, store: DurableStore | None) -> None:
@@ -193,15 +250,20 @@ class _Driver:
         messages: list[Message],
         task: str,
         durable: tuple[DurableStore, str] | None,
+        approvals: Mapping[str, Decision] | None = None,
+        carried: RunResult | None = None,
     ) -> None:
         try:
             if durable is not None:
                 store, run_id = durable
                 self.result = await store.drive(
-                    agent, messages, task, run_id, self.emit, self.control
+                    agent, messages, task, run_id, self.emit, self.control, approvals, carried
                 )
             else:
-                self.result = await Run(agent, messages, self.emit, self.control).drive(task)
+                run = Run(
+                    agent, messages, self.emit, self.control, approvals=approvals, carried=carried
+                )
+                self.result = await run.drive(task)
         except BaseException as exc:
             # a durable run that cannot start: the consumer gets the error, not a hang
             if not isinstance(exc, Exception):
@@ -224,9 +286,13 @@ class RunStream:
         task: str | None,
         messages: list[Message],
         durable: tuple[DurableStore, str] | None = None,
+        approvals: Mapping[str, Decision] | None = None,
+        carried: RunResult | None = None,
     ) -> None:
         self._agent = agent
         self._durable = durable
+        self._approvals = approvals
+        self._carried = carried
         self._task_text = task or ""
         self._messages = messages
         send, self._receive = anyio.create_memory_object_stream[ev.Event](0)
@@ -258,7 +324,14 @@ class RunStream:
         self._send = None
         if self._cancelled:
             driver.control.cancel()
-        work = driver.drive(self._agent, self._messages, self._task_text, self._durable)
+        work = driver.drive(
+            self._agent,
+            self._messages,
+            self._task_text,
+            self._durable,
+            self._approvals,
+            self._carried,
+        )
         if self._group is not None:
             self._group.start_soon(lambda: work, name=TASK_NAME)
             return

@@ -572,14 +572,22 @@ class Batch:
         return summary
 
     # -- with a store: a fleet of one or more workers ---------------------------------------------
+    def _settings_digest(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.settings.as_dict(), sort_keys=True).encode()
+        ).hexdigest()
+
     def queue_name(self) -> str:
-        """The store's work queue of this batch: one per task list and settings, so every
-        worker running the same command takes from the same queue."""
-        digest = hashlib.sha256()
-        for task in self.tasks:
-            digest.update(json.dumps([task.key, task.task]).encode())
-        digest.update(json.dumps(self.settings.as_dict(), sort_keys=True).encode())
-        return "agentloop-batch-" + digest.hexdigest()[:16]
+        """The store's work queue for batches with these settings: every worker running the
+        same command takes from it, and so does a rerun whose task file gained tasks."""
+        return "agentloop-batch-" + self._settings_digest()[:16]
+
+    def durable_id(self, task: Task, run: int) -> str:
+        """The pair's run id in the store: ``<id>#<run>@<digest>``, the digest naming the task's
+        text and the settings, so a store reused with other tasks or settings under the same
+        ids never hands back another batch's runs."""
+        digest = hashlib.sha256((self._settings_digest() + task.task).encode()).hexdigest()
+        return f"{run_id(task.id, run)}@{digest[:16]}"
 
     async def _run_fleet(self, todo: list[tuple[Task, int]]) -> None:
         """Every pair not in the results file goes on the store's queue (once, whoever puts
@@ -587,7 +595,7 @@ class Batch:
         ``concurrency`` at a time, and writes a line for every pair that finishes, wherever it
         ran. A worker killed and started again (same name) takes back the runs it had."""
         durable = _durable_module(self.db)
-        pairs = {run_id(task.id, run): (task, run) for task, run in todo}
+        pairs = {self.durable_id(task, run): (task, run) for task, run in todo}
         controls: dict[str, Any] = {}
         started: dict[str, float] = {}
         idle = anyio.Event()  # no run of this worker in flight (after a stop)
@@ -618,9 +626,9 @@ class Batch:
             async with store, anyio.create_task_group() as outer:
                 outer.start_soon(self._tick)
                 queue = await store.open_queue(self.queue_name(), self.concurrency)
-                for task, run in todo:
+                for rid, (task, _) in pairs.items():
                     start = self.agent._start_messages(task.task, None)
-                    await store.enqueue(queue, run_id(task.id, run), task.task, start)
+                    await store.enqueue(queue, rid, task.task, start)
                 while pairs and not self._cancelled:
                     for rid, result in (await store.finished(list(pairs))).items():
                         task, run = pairs.pop(rid)

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
@@ -27,7 +27,7 @@ from .errors import ConfigurationError
 from .live import PlainPrinter, RunView, step_table
 from .models.base import BuiltinTool
 from .models.kimi import CHINA, KimiModel
-from .result import RunResult
+from .result import Decision, PendingCall, Rejected, RunResult
 from .sim import POLICIES, BrowsePolicy, FaultPlan, SimConfig, SimServer
 from .sim.profiles import PROFILES
 from .tools import Tool, tool
@@ -84,6 +84,8 @@ EXIT_CODES = {
     "reasoning_exhausted": 3,
     "empty_answer": 4,
     "refused": 4,
+    "invalid_output": 4,
+    "approval_required": 4,
     "cancelled": 130,
 }
 
@@ -193,6 +195,8 @@ async def show_run(
     console: Console | None = None,
     interrupts: Interrupts | None = None,
     show_error: bool = True,
+    resume: RunResult | None = None,
+    approvals: Mapping[str, Decision] | None = None,
 ) -> RunResult:
     """Run ``agent`` on ``task``, showing it as ``mode`` ("live", "plain" or "json").
 
@@ -206,7 +210,7 @@ async def show_run(
     try:
         if live is not None:
             live.start()
-        async with agent.stream(task) as stream:
+        async with agent.stream(task or None, resume=resume, approvals=approvals) as stream:
             if interrupts is not None:
                 interrupts.live = live is not None
                 interrupts.install(stream.cancel)
@@ -293,25 +297,45 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     interrupts = Interrupts()
 
-    async def main() -> RunResult:
+    async def session() -> RunResult:
+        """The run, and after each pause for approval the same run resumed with the person's
+        decisions (``--yes``: approve everything)."""
         async with contextlib.AsyncExitStack() as stack:
             given = list(tools)
             for spec in args.mcp or []:
                 server = await stack.enter_async_context(_mcp_server(spec))
                 given.extend(server.tools())
             agent = Agent(model, tools=given, instructions=args.instructions, budget=budget)
-            return await show_run(
-                agent,
-                args.task,
-                mode=_mode(args),
-                transcript=args.transcript,
-                show_reasoning=args.show_reasoning,
-                interrupts=interrupts,
-                show_error=False,
-            )
+            approve_all = bool(args.yes)
+            paused: RunResult | None = None
+            approvals: dict[str, Decision] | None = None
+            while True:
+                result = await show_run(
+                    agent,
+                    args.task if paused is None else "",
+                    mode=_mode(args),
+                    transcript=args.transcript,
+                    show_reasoning=args.show_reasoning,
+                    interrupts=interrupts,
+                    show_error=False,
+                    resume=paused,
+                    approvals=approvals,
+                )
+                if result.stop_reason != "approval_required" or interrupts.signal is not None:
+                    return result
+                approvals = {}
+                for call in result.pending:
+                    if not approve_all:
+                        answer = await anyio.to_thread.run_sync(_ask_approval, call)
+                        approve_all = answer == "all"
+                        if answer == "no":
+                            approvals[call.call_id] = Rejected("the user said no")
+                            continue
+                    approvals[call.call_id] = True
+                paused = result
 
     try:
-        result = anyio.run(main)
+        result = anyio.run(session)
     except ConfigurationError as exc:  # an MCP server that cannot start, or clashing names
         print(f"agentloop run: {exc}", file=sys.stderr)
         return 2
@@ -325,6 +349,25 @@ def _mcp_server(spec: str) -> MCPServer:
     except ImportError as exc:
         raise ConfigurationError(str(exc)) from None
     return MCPServer.parse(spec)
+
+
+def _ask_approval(call: PendingCall) -> str:
+    """'yes', 'no' or 'all' from the terminal (no answer, as at the end of piped input: no)."""
+    arguments = call.arguments if len(call.arguments) <= 400 else call.arguments[:400] + "…"
+    prompt = f"agentloop: {call.tool}({arguments}) needs approval — [y]es, [n]o, [a]ll: "
+    while True:
+        print(prompt, end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            print("(no answer: rejected)", file=sys.stderr)
+            return "no"
+        choice = line.strip().lower()
+        if choice in ("y", "yes"):
+            return "yes"
+        if choice in ("n", "no"):
+            return "no"
+        if choice in ("a", "all"):
+            return "all"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -574,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rpm", type=_at_least(1), default=50, help="requests per minute allowed (default 50)"
     )
     r.add_argument("--transcript", metavar="FILE", help="save the run as JSON Lines")
+    r.add_argument(
+        "--yes", action="store_true", help="approve every tool call that needs approval"
+    )
     _output_flags(r)
     r.set_defaults(func=_run)
     d = sub.add_parser("demo", help="a search agent over the stdlib docs, against the simulator")

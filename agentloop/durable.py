@@ -28,8 +28,8 @@ import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from ._journal import CallRecord, Journal
 from ._loop import Control, Emit, Run
 from .errors import AgentloopError, ConfigurationError
 from .messages import Message, Usage
-from .result import RunResult
+from .result import Decision, RunResult
 from .tools import ToolOutcome
 
 try:
@@ -88,9 +88,12 @@ class _Live:
     result: RunResult | None = None
     journal: DbosJournal | None = field(default=None)
     owned: bool = False  # built by the runner: the workflow removes it when done
+    approvals: Mapping[str, Decision] | None = None
+    carried: RunResult | None = None  # a paused run resumed: its steps and spend
 
 
 _LIVE: dict[str, _Live] = {}
+_STARTING: set[str] = set()
 
 # Builds the live pieces of a run this process took from a queue (a batch's worker): called
 # with the run id, the task and the start messages.
@@ -217,7 +220,9 @@ async def _run_workflow(task: str, start: list[Message]) -> dict[str, Any]:
         # to): leave it pending for the process that asks
         raise _Suspended
     journal = live.journal = DbosJournal(live.agent.clock.now)
-    run = Run(live.agent, live.messages, live.emit, live.control, journal)
+    run = Run(
+        live.agent, live.messages, live.emit, live.control, journal, live.approvals, live.carried
+    )
     try:
         result = await run.drive(task)
     finally:
@@ -239,7 +244,10 @@ def _database_url(location: str | os.PathLike[str]) -> str:
                 "postgresql:// URL"
             )
         return text
-    path = Path(text).expanduser().resolve()
+    try:
+        path = Path(text).expanduser().resolve()
+    except RuntimeError as exc:  # "~nosuchuser/..."
+        raise ConfigurationError(f"store {text!r}: {exc}") from None
     if path.is_dir():
         raise ConfigurationError(f"store {text!r} is a directory: name a file, e.g. runs.db")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +302,8 @@ class DurableStore:
             # resumed when (and where) it is asked for again. A named worker's id is stable:
             # at launch it puts the runs it had in flight back on their queue.
             "executor_id": self.executor_id,
-            "console_log_level": "WARNING",
+            # ERROR: DBOS warns on every cancelled run (a pause here); our errors say the rest
+            "console_log_level": "ERROR",
         }
         try:
             DBOS(config=config)
@@ -394,14 +403,23 @@ class DurableStore:
         run_id: str,
         emit: Emit,
         control: Control,
+        approvals: Mapping[str, Decision] | None = None,
+        carried: RunResult | None = None,
     ) -> RunResult:
         """Run (or resume, or return the recorded result of) the durable run ``run_id``."""
         self._check_open()
-        if not run_id or not isinstance(run_id, str):
-            raise ConfigurationError("a durable run needs a non-empty string run_id")
-        if run_id in _LIVE:
+        if not isinstance(run_id, str) or not run_id.strip() or run_id != run_id.strip():
+            raise ConfigurationError(
+                f"run_id {run_id!r}: a durable run needs a non-empty string without surrounding "
+                "spaces"
+            )
+        if run_id in _LIVE or run_id in _STARTING:
             raise ConfigurationError(f"run {run_id!r} is already running in this process")
-        found = await DBOS.get_workflow_status_async(run_id)
+        _STARTING.add(run_id)  # until it is in _LIVE: a second caller is refused, not raced
+        try:
+            found = await DBOS.get_workflow_status_async(run_id)
+        finally:
+            _STARTING.discard(run_id)
         if found is not None:
             if found.name != WORKFLOW:
                 raise DurableRunError(f"{run_id!r} in the store is not an agentloop run")
@@ -412,7 +430,7 @@ class DurableStore:
                     "it with the same ones, or give this run another run_id"
                 )
             if found.status == "SUCCESS":
-                result = _records.result_from(found.output or {})
+                result = _typed(agent, _records.result_from(found.output or {}))
                 await _replay_finished(result, task, agent, emit)
                 return result
             if found.status in ("ERROR", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
@@ -420,7 +438,9 @@ class DurableStore:
                     f"run {run_id!r} failed in the store ({found.status}): {found.error}; "
                     "start it again under a new run_id"
                 )
-        live = _LIVE[run_id] = _Live(agent, messages, emit, control)
+        live = _LIVE[run_id] = _Live(
+            agent, messages, emit, control, approvals=approvals, carried=carried
+        )
         try:
             if found is None:
                 with SetWorkflowID(run_id):
@@ -434,11 +454,18 @@ class DurableStore:
             return live.result
         finally:
             del _LIVE[run_id]
-        result = _records.result_from(data)
+        result = _typed(agent, _records.result_from(data))
         # the run's list is the one the caller may hold: give it the whole history
         messages[:] = result.messages
         result.messages = messages
         return result
+
+
+def _typed(agent: Agent, result: RunResult) -> RunResult:
+    """A structured output read from the store is JSON data: make it the output type again."""
+    if agent.output is not None and result.output is not None:
+        result.output = agent.output.adapter.validate_python(result.output)
+    return result
 
 
 async def _wait(handle: Any, control: Control) -> dict[str, Any]:
@@ -465,16 +492,38 @@ def _recorded_input(raw: Any) -> tuple[str, list[Message]] | None:
 
 
 async def _replay_finished(result: RunResult, task: str, agent: Agent, emit: Emit) -> None:
-    """A finished run asked for again: its events from the records (no deltas, no calls)."""
+    """A finished run asked for again: its events from the records — steps, tool calls with
+    their results, the limit it hit — without deltas or calls."""
     await emit(ev.RunStarted(task, agent.model.name))
+    answers = {
+        m.get("tool_call_id"): str(m.get("content", ""))
+        for m in result.messages
+        if m.get("role") == "tool"
+    }
     total = Usage()
     cost = 0.0
     for record in result.steps:
         await emit(ev.StepStarted(record.step, record.max_tokens))
+        for call in record.tool_calls:
+            await emit(ev.ToolCallStarted(record.step, call.call_id, call.name, call.arguments))
+            content = answers.get(call.call_id, "")
+            await emit(
+                ev.ToolCallFinished(
+                    record.step,
+                    call.call_id,
+                    call.name,
+                    call.ok,
+                    call.error,
+                    call.duration_s,
+                    content,
+                )
+            )
         total.add(record.usage)
         if agent.rate_card is not None:
             cost += agent.rate_card.cost(record.usage)
-        await emit(ev.StepFinished(record.step, record, total, cost))
+        await emit(ev.StepFinished(record.step, record, replace(total), cost))
+    if result.stop_reason not in ("completed", "cancelled", "error"):
+        await emit(ev.LimitHit(result.stop_reason, result.detail or ""))
     await emit(ev.RunFinished(result))
 
 

@@ -40,6 +40,15 @@ class TextDelta:
 
 
 @dataclass(slots=True)
+class OutputDelta:
+    """A fragment of the structured output (the ``final_answer`` call's arguments) as the model
+    writes it (an ``output_type`` run)."""
+
+    step: int
+    text: str
+
+
+@dataclass(slots=True)
 class Retry:
     step: int
     attempt: int
@@ -53,6 +62,7 @@ class ToolCallStarted:
     call_id: str
     name: str
     arguments: str
+    source: str | None = None  # where the tool comes from: None (Python), "mcp:<server>"
 
 
 @dataclass(slots=True)
@@ -64,6 +74,7 @@ class ToolCallFinished:
     error: str | None
     duration_s: float
     result: str
+    source: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,6 +114,7 @@ Event = (
     | StepStarted
     | ReasoningDelta
     | TextDelta
+    | OutputDelta
     | Retry
     | ToolCallStarted
     | ToolCallFinished

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .messages import Message, Usage
 
@@ -19,6 +19,8 @@ StopReason = Literal[
     "reasoning_exhausted",
     "empty_answer",
     "refused",
+    "invalid_output",
+    "approval_required",
 ]
 
 
@@ -34,6 +36,32 @@ class ToolCallRecord:
     model_call_id: str | None = None
     # the length of the model's text, when ``arguments`` holds only its head
     arguments_chars: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A tool call waiting for a person's decision (``stop_reason="approval_required"``)."""
+
+    call_id: str
+    tool: str
+    arguments: str  # the model's JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Edited:
+    """Approve a pending call with other arguments (validated like the model's)."""
+
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Reject a pending call, saying why (the model is told)."""
+
+    reason: str = ""
+
+
+Decision = bool | Edited | Rejected
 
 
 @dataclass(slots=True)
@@ -56,7 +84,8 @@ class StepRecord:
 
 @dataclass(slots=True)
 class RunResult:
-    output: str
+    # the answer's text; with ``Agent(output_type=T)``, the validated ``T`` (None if none came)
+    output: Any
     stop_reason: StopReason
     messages: list[Message]
     steps: list[StepRecord]
@@ -65,6 +94,9 @@ class RunResult:
     error: str | None = None
     # why the run stopped where it did, in words (the limit and what it left, a skipped answer)
     detail: str | None = None
+    # the calls waiting for approval (``stop_reason="approval_required"``); resume with
+    # ``agent.run(history=result.messages, approvals={call_id: True | False | Edited(...)})``
+    pending: list[PendingCall] = field(default_factory=list)
 
     @property
     def usage_estimated(self) -> bool:

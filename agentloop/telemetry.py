@@ -54,7 +54,7 @@ class RunRecorder:
         self._tools: dict[str, Span] = {}
 
     def on_event(self, event: ev.Event) -> None:
-        if isinstance(event, ev.ReasoningDelta | ev.TextDelta):
+        if isinstance(event, ev.ReasoningDelta | ev.TextDelta | ev.OutputDelta):
             return  # the hot path: deltas make no spans
         t = self.telemetry
         common = {
@@ -81,6 +81,8 @@ class RunRecorder:
                     "gen_ai.operation.name": "execute_tool",
                     "gen_ai.tool.name": event.name,
                     "gen_ai.tool.call.id": event.call_id,
+                    # where the tool comes from: "python", or "mcp:<server>"
+                    "agentloop.tool.source": event.source or "python",
                 },
             )
         elif isinstance(event, ev.ToolCallFinished):

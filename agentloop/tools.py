@@ -312,6 +312,7 @@ class Tool:
         repeat_safe: bool = True,
         source: str | None = None,
         toolset: Toolset | None = None,
+        needs_approval: bool | Callable[[dict[str, Any]], bool] = False,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -328,6 +329,9 @@ class Tool:
         # "mcp:<server>" for a tool of an MCP server
         self.source = source
         self.toolset = toolset  # the Toolset that made it, whose changes a Toolbox follows
+        # True, or a callable deciding per call from its arguments: such a call pauses the run
+        # (stop_reason "approval_required") until a person decides (``Agent.run(approvals=)``)
+        self.needs_approval = needs_approval
         self._arguments_model = arguments_model
         Draft202012Validator.check_schema(parameters)
         self._validator = Draft202012Validator(parameters)  # compiled once per tool
@@ -363,6 +367,15 @@ class Tool:
             arguments_model=None,
             **options,
         )
+
+    def asks_approval(self, raw_arguments: str) -> bool:
+        """Whether this call must wait for a person. Arguments that do not parse never run, so
+        they need no approval (the model is told what is wrong instead)."""
+        rule = self.needs_approval
+        if not callable(rule):
+            return bool(rule)
+        arguments, problem = self.parse(raw_arguments)
+        return problem is None and bool(rule(arguments or {}))
 
     def validation_errors(self, arguments: Any) -> list[str]:
         errors = sorted(self._validator.iter_errors(arguments), key=lambda e: list(e.path))
@@ -465,6 +478,7 @@ def tool(
     max_failures: int = 3,
     max_result_chars: int | None = None,
     repeat_safe: bool = True,
+    needs_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable[[F], Tool]: ...
 
 

@@ -38,6 +38,7 @@ _EVENT_TYPES: dict[str, type[Any]] = {
         ev.StepStarted,
         ev.ReasoningDelta,
         ev.TextDelta,
+        ev.OutputDelta,
         ev.Retry,
         ev.ToolCallStarted,
         ev.ToolCallFinished,
@@ -62,9 +63,16 @@ def step_to_dict(step: StepRecord) -> dict[str, Any]:
     return dataclasses.asdict(step)
 
 
+def _jsonable(value: Any) -> Any:
+    """A structured output as JSON data."""
+    import pydantic_core
+
+    return pydantic_core.to_jsonable_python(value)
+
+
 def result_to_dict(result: RunResult) -> dict[str, Any]:
     return {
-        "output": result.output,
+        "output": result.output if isinstance(result.output, str) else _jsonable(result.output),
         "stop_reason": result.stop_reason,
         "messages": result.messages,
         "steps": [step_to_dict(s) for s in result.steps],
@@ -196,7 +204,7 @@ class TranscriptWriter:
                     "started_at": time.time(),
                 }
             )
-        if isinstance(event, ev.ReasoningDelta | ev.TextDelta):
+        if isinstance(event, ev.ReasoningDelta | ev.TextDelta | ev.OutputDelta):
             kind = type(event).__name__
             if (
                 self._pending

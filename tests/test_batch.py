@@ -382,6 +382,22 @@ async def test_with_a_db_runs_go_through_the_store_and_come_back_from_it(
     assert first == {(r["id"], r["run"]): r["output"] for r in lines(tmp_path / "r2.jsonl")}
 
 
+@pytest.mark.anyio
+async def test_a_store_reused_with_other_tasks_under_the_same_ids_runs_them_afresh(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = await sim_factory(policy=AnswerPolicy())
+    db = str(tmp_path / "runs.db")
+    await run_batch(sim, write_tasks(tmp_path / "t.jsonl"), tmp_path / "r.jsonl", db=db)
+    calls = sim.stats.completions
+    other = [{**t, "task": "What is the capital of France, again?"} for t in TASKS[:1]]
+    summary = await run_batch(
+        sim, write_tasks(tmp_path / "o.jsonl", other), tmp_path / "o-r.jsonl", db=db
+    )
+    assert summary.recorded == K and sim.stats.completions == calls + K  # run, not reused
+    assert all(r["correct"] for r in lines(tmp_path / "o-r.jsonl"))
+
+
 def test_a_batch_with_a_db_keeps_the_rate_limit_in_it(tmp_path: Path) -> None:
     from agentloop.limits_db import DatabaseLimiter
 

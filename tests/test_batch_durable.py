@@ -47,8 +47,10 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def batch_command(sim: SimServer, out: str, runs: int, concurrency: int, *extra: str) -> list[str]:
-    """``agentloop batch`` of tasks.jsonl with mytools against ``sim``, durable in runs.db."""
+def batch_command(
+    sim: SimServer, out: str, runs: int, concurrency: int, *extra: str, db: str = "runs.db"
+) -> list[str]:
+    """``agentloop batch`` of tasks.jsonl with mytools against ``sim``, durable in ``db``."""
     return [
         sys.executable,
         "-m",
@@ -58,7 +60,7 @@ def batch_command(sim: SimServer, out: str, runs: int, concurrency: int, *extra:
         "--out",
         out,
         "--db",
-        "runs.db",
+        db,
         "--runs",
         str(runs),
         "--concurrency",

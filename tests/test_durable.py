@@ -289,3 +289,50 @@ async def test_store_errors_are_specific(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="SQLite"):
         DurableStore(tmp_path / "junk.db")
     assert DurableRunError.__mro__[1].__name__ == "AgentloopError"
+
+
+async def test_a_finished_run_asked_again_replays_its_events_and_retries(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    from agentloop.sim import FaultPlan
+
+    sim = await sim_factory(
+        policy=ToolLoopPolicy(steps=2),
+        strict=True,
+        api_keys={KEY: "ai"},
+        faults=FaultPlan(schedule={1: "500"}),
+    )
+    agent = Agent(KimiModel(api_key=KEY, base_url=sim.base_url, rpm=None), [lookup])
+    async with DurableStore(tmp_path / "runs.db") as store:
+        first = await agent.run("find x", run_id="e", store=store)
+        seen: list[ev.Event] = []
+        async with agent.stream("find x", run_id="e", store=store) as run:
+            async for event in run:
+                seen.append(event)
+        with pytest.raises(ConfigurationError, match="surrounding"):
+            await agent.run("find x", run_id=" e", store=store)
+    assert first.steps[0].retries == 1
+    assert run.result is not None and run.result.steps[0].retries == 1  # kept in the record
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds.count("ToolCallStarted") == kinds.count("ToolCallFinished") == 2
+    finished = [e for e in seen if isinstance(e, ev.ToolCallFinished)]
+    assert all(e.result.startswith("hits for") for e in finished)
+
+
+async def test_the_same_run_twice_at_once_in_one_process_is_refused(
+    sim_factory: SimFactory, tmp_path: Path
+) -> None:
+    sim = await durable_sim(sim_factory)
+    agent = Agent(KimiModel(api_key=KEY, base_url=sim.base_url, rpm=None), [lookup])
+    outcomes: list[Any] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append(await agent.run("find x", run_id="twice", store=store))
+        except ConfigurationError as exc:
+            outcomes.append(exc)
+
+    async with DurableStore(tmp_path / "runs.db") as store, anyio.create_task_group() as group:
+        group.start_soon(one)
+        group.start_soon(one)
+    assert sorted(type(o).__name__ for o in outcomes) == ["ConfigurationError", "RunResult"]

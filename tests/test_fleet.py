@@ -34,8 +34,11 @@ def sim() -> Iterator[SimServer]:
         yield server
 
 
-def start(sim: SimServer, tmp_path: Path, name: str) -> subprocess.Popen[bytes]:
-    args = batch_command(sim, f"results-{name}.jsonl", K, CONCURRENCY, "--worker", name, "--plain")
+def start(
+    sim: SimServer, tmp_path: Path, name: str, db: str = "runs.db"
+) -> subprocess.Popen[bytes]:
+    out = f"results-{name}.jsonl"
+    args = batch_command(sim, out, K, CONCURRENCY, "--worker", name, "--plain", db=db)
     return subprocess.Popen(
         args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -80,3 +83,31 @@ def test_three_workers_share_one_queue_and_survive_a_kill(sim: SimServer, tmp_pa
     assert len(ran_by) >= 2 and set(ran_by) <= {f"agentloop-w-w{i}" for i in (1, 2, 3)}, ran_by
     assert sum(ran_by.values()) == len(everyone)
     assert all("[12/12]" in o for o in outputs.values())
+
+
+def test_a_fleet_on_postgres(sim: SimServer, tmp_path: Path, postgres_url: str) -> None:
+    """Many machines share a Postgres store: the same fleet on it (one worker first, so that
+    the database exists before the others connect), every pair once, none run twice."""
+    (tmp_path / "mytools.py").write_text(TOOLS)
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in TASKS))
+    workers = {"p1": start(sim, tmp_path, "p1", postgres_url)}
+    try:
+        deadline = time.monotonic() + 60
+        while sim.stats.completions < 2:
+            assert workers["p1"].poll() is None, workers["p1"].stderr
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for name in ("p2", "p3"):
+            workers[name] = start(sim, tmp_path, name, postgres_url)
+        for p in workers.values():
+            finish(p)
+    finally:
+        for p in workers.values():
+            if p.poll() is None:
+                p.kill()
+    everyone = [(t["id"], r) for t in TASKS for r in range(K)]
+    for name in workers:
+        lines = results(tmp_path / f"results-{name}.jsonl")
+        assert sorted(Counter((r["id"], r["run"]) for r in lines).values()) == [1] * len(everyone)
+        assert all(r["correct"] is True for r in lines)
+    assert sim.stats.completions == CLEAN_CALLS  # no pair run twice, nothing lost

@@ -584,3 +584,28 @@ def test_cli_run_with_mcp_servers(tmp_path: Path) -> None:
         )
     assert bad.returncode == 2
     assert "cannot connect to MCP server" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.anyio
+async def test_events_and_spans_name_the_server_a_tool_came_from(sim_factory: Any) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # once per process (another test may have)
+    provider = trace.get_tracer_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
+    sim = await sim_factory(policy=ToolLoopPolicy(steps=1))
+    async with MCPServer.stdio(sys.executable, ["-m", "mcp_server_time"], name="time") as server:
+        agent = Agent(kimi(sim), [*server.tools()])
+        sources = []
+        async with agent.stream("what time is it?") as run:
+            async for event in run:
+                if isinstance(event, ev.ToolCallStarted | ev.ToolCallFinished):
+                    sources.append(event.source)
+    assert sources and set(sources) == {"mcp:time"}
+    spans = [s for s in exporter.get_finished_spans() if s.name.startswith("execute_tool")]
+    assert spans and {s.attributes["agentloop.tool.source"] for s in spans} == {"mcp:time"}

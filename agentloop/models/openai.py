@@ -291,10 +291,15 @@ class OpenAIModel:
         as long as the server counts no more than the estimate, and the default errs high
         for most tokenizers, so a fit that came out lower would trade that guarantee for a
         little room."""
-        default = sum(estimate_message_tokens(m) for m in messages)
-        default += sum(self._tool_size(tool) // 4 + 8 for tool in tools)
+        default = self.default_estimate(messages, tools)
         calibrated = self.calibrated_estimate(messages, tools)
         return default if calibrated is None else max(default, calibrated)
+
+    def default_estimate(self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()) -> int:
+        """The estimate before calibration: about four bytes per token, the same in every
+        process (what a durable run decides on, so that its replay decides the same)."""
+        default = sum(estimate_message_tokens(m) for m in messages)
+        return default + sum(self._tool_size(tool) // 4 + 8 for tool in tools)
 
     def calibrated_estimate(
         self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()
