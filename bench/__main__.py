@@ -18,6 +18,7 @@ BENCHMARKS = (
     "estimate_error",
     "durable_cost",
     "fleet_limit",
+    "long_history",
 )
 
 

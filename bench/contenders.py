@@ -9,6 +9,7 @@ process's peak RSS.
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import sys
@@ -75,6 +76,88 @@ def httpx_floor(base_url: str, stream: bool) -> Runner:
         async with client.stream("POST", "/chat/completions", json=body) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or []
+                if not choices:
+                    continue
+                delta = choices[0].get("delta") or {}
+                if delta.get("content"):
+                    message["content"] += delta["content"]
+                for piece in delta.get("tool_calls") or ():
+                    slot = calls.setdefault(
+                        piece["index"],
+                        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
+                    slot["id"] = piece.get("id") or slot["id"]
+                    fn = piece.get("function") or {}
+                    slot["function"]["name"] += fn.get("name") or ""
+                    slot["function"]["arguments"] += fn.get("arguments") or ""
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        return message
+
+    async def run() -> int:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": TASK}]
+        made = 0
+        while True:
+            message = await call(messages)
+            made += 1
+            messages.append(message)
+            if not message.get("tool_calls"):
+                return made
+            for tc in message["tool_calls"]:
+                args = json.loads(tc["function"]["arguments"])
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": tc["id"],
+                        "content": await lookup_impl(args["query"]),
+                    }
+                )
+
+    return run
+
+
+# -- the aiohttp floor: the same minimal loop on aiohttp (the fast extra) ------------------------
+def aiohttp_floor(base_url: str, stream: bool) -> Runner:
+    import aiohttp
+
+    session: aiohttp.ClientSession | None = None  # made inside the running loop
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Look up.", "parameters": SCHEMA},
+        }
+    ]
+    url = f"{base_url}/chat/completions"
+
+    async def call(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {KEY}"},
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+        body = {
+            "model": MODEL,
+            "messages": messages,
+            "tools": tools,
+            "max_tokens": 4096,
+            "stream": stream,
+            **NO_THINKING,
+        }
+        if not stream:
+            async with session.post(url, json=body) as response:
+                response.raise_for_status()
+                return (await response.json())["choices"][0]["message"]  # type: ignore[no-any-return]
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        calls: dict[int, dict[str, Any]] = {}
+        async with session.post(url, json=body) as response:
+            response.raise_for_status()
+            async for raw in response.content:  # line by line
+                line = raw.decode().rstrip("\r\n")
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 choices = json.loads(line[6:]).get("choices") or []
@@ -191,7 +274,7 @@ def openai_sdk(base_url: str, stream: bool) -> Runner:
 
 
 # -- agentloop -----------------------------------------------------------------------------------
-def agentloop(base_url: str, stream: bool) -> Runner:
+def agentloop(base_url: str, stream: bool, transport: str = "httpx2") -> Runner:
     from agentloop import Agent, Budget, KimiModel, tool
 
     @tool
@@ -204,7 +287,13 @@ def agentloop(base_url: str, stream: bool) -> Runner:
         return await lookup_impl(query)
 
     model = KimiModel(
-        api_key=KEY, base_url=base_url, thinking=False, rpm=None, stream=stream, max_tokens=4096
+        api_key=KEY,
+        base_url=base_url,
+        thinking=False,
+        rpm=None,
+        stream=stream,
+        max_tokens=4096,
+        transport=transport,
     )
     model.retry.max_attempts = 1
     agent = Agent(model, tools=[lookup], budget=Budget(max_steps=100))
@@ -299,14 +388,18 @@ def pydantic_ai(base_url: str, stream: bool) -> Runner:
 
 CONTENDERS: dict[str, Callable[[str, bool], Runner]] = {
     "httpx2 loop (floor)": httpx_floor,
+    "aiohttp loop (floor)": aiohttp_floor,
     "openai SDK loop": openai_sdk,
     "agentloop": agentloop,
+    "agentloop (aiohttp)": functools.partial(agentloop, transport="aiohttp"),
     "openai-agents": openai_agents,
     "pydantic-ai": pydantic_ai,
 }
 
 
 REQUIRES = {
+    "aiohttp loop (floor)": "aiohttp",
+    "agentloop (aiohttp)": "aiohttp",
     "openai SDK loop": "openai",
     "openai-agents": "agents",
     "pydantic-ai": "pydantic_ai",

@@ -2,7 +2,8 @@
 
 Prints ``READY <port>`` once listening and serves until stdin closes. Config keys: ``steps``
 (tool-calling steps before the answer), ``latency`` (seconds to first byte), ``rpm``, ``tpm``,
-``concurrency``, ``clock_factor`` (a ScaledClock shared with the client by factor).
+``concurrency``, ``clock_factor`` (a ScaledClock shared with the client by factor), ``models``
+(model name -> context window, overriding the profile's).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ async def serve(options: dict[str, object]) -> None:
         max_concurrency=options.get("concurrency"),  # type: ignore[arg-type]
         clock=ScaledClock(float(factor)) if factor else MonotonicClock(),  # type: ignore[arg-type]
         chunk_chars=int(options.get("chunk_chars", 24)),  # type: ignore[call-overload]
+        models=options.get("models"),  # type: ignore[arg-type]
     )
     server = SimServer(config)
     server.stats.keep_bodies = False

@@ -3,8 +3,9 @@
 Zero latency, ~1.5 KB tool results, streamed and non-streamed; the simulator runs in its own
 process (its CPU per step is reported so it is seen not to be the bottleneck). Each contender
 runs in a fresh process, ``--repeat`` times; the table shows medians and ratios measured in this
-run: against the hand-written httpx2 loop (the floor of our HTTP stack), and agentloop's cost
-as a share of each contender's.
+run: against the hand-written httpx2 loop (the floor of our HTTP stack) and the hand-written
+aiohttp loop (the floor of ``transport="aiohttp"``), and agentloop's cost as a share of each
+contender's.
 
     python -m bench step_overhead [--runs 10] [--repeat 3] [--only NAME ...] [--json FILE]
 """
@@ -21,6 +22,7 @@ from .contenders import CONTENDERS, available
 from .harness import run_contender, simulator, table
 
 FLOOR = "httpx2 loop (floor)"
+AIOHTTP_FLOOR = "aiohttp loop (floor)"
 
 
 def measure(names: Sequence[str], runs: int, repeat: int, steps: int = 20) -> list[dict[str, Any]]:
@@ -67,10 +69,12 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     for stream in (False, True):
         group = [r for r in rows if r["stream"] == stream and "error" not in r]
         floor = next((r for r in group if r["contender"] == FLOOR), None)
+        fast = next((r for r in group if r["contender"] == AIOHTTP_FLOOR), None)
         ours = next((r for r in group if r["contender"] == "agentloop"), None)
         body = []
         for r in group:
             vs_floor = r["cpu_ms_per_step"] / floor["cpu_ms_per_step"] if floor else float("nan")
+            vs_fast = r["cpu_ms_per_step"] / fast["cpu_ms_per_step"] if fast else float("nan")
             share = ours["cpu_ms_per_step"] / r["cpu_ms_per_step"] if ours else float("nan")
             body.append(
                 [
@@ -80,6 +84,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                     f"{r['sim_cpu_ms_per_step']:.2f}",
                     f"{r['rss_mb']:.0f}",
                     f"{vs_floor:.2f}x",
+                    f"{vs_fast:.2f}x",
                     f"{share:.2f}x",
                 ]
             )
@@ -94,6 +99,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                     "sim CPU ms/step",
                     "peak RSS MB",
                     "CPU vs floor",
+                    "CPU vs aiohttp floor",
                     "agentloop CPU / this",
                 ],
                 body,

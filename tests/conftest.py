@@ -84,3 +84,19 @@ async def sim(sim_factory: Callable[..., Any]) -> SimServer:
 def kimi(sim: SimServer, **kwargs: Any) -> KimiModel:
     kwargs.setdefault("rpm", None)
     return KimiModel(api_key="sk-sim", base_url=sim.base_url, **kwargs)
+
+
+@pytest.fixture(params=["httpx2", "aiohttp"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test of the model clients over each transport: every client built without an
+    explicit ``transport=`` gets this one (modules opt in with ``usefixtures("transport")``)."""
+    from agentloop.models import openai
+
+    name: str = request.param
+    made = openai.make_transport
+
+    def make(transport: Any, *, timeout: float) -> Any:
+        return made(name if transport is None else transport, timeout=timeout)
+
+    monkeypatch.setattr(openai, "make_transport", make)
+    return name

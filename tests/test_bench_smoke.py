@@ -12,6 +12,7 @@ from bench import (
     estimate_error,
     fleet,
     fleet_limit,
+    long_history,
     long_search,
     rate_limit,
     step_overhead,
@@ -125,3 +126,16 @@ def test_fleet_limit_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert sqlite["busiest_minute"] <= 1.0  # never more than the limit in any minute
     assert [c["cycles"] for c in sqlite["cost"]] == [20, 60]
     assert "busiest sliding minute" in capsys.readouterr().out
+
+
+def test_long_history_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    args = ["--sizes", "2000", "8000", "--steps", "2", "--repeat", "1", "--json", str(out)]
+    assert long_history.main(args) == 0
+    assert "growth vs dumps" in capsys.readouterr().out
+    data = rows(out)
+    assert isinstance(data, list) and [r["target_tokens"] for r in data] == [2000, 8000]
+    small, large = data
+    assert small["history_tokens"] >= 2000 and large["history_tokens"] >= 8000
+    assert large["body_kb"] > small["body_kb"] and small["reported_prompt_tokens"] > 0
+    assert all(r["steps_timed"] == 2 and r["cpu_ms_per_step"] > 0 for r in data)

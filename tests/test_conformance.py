@@ -482,6 +482,37 @@ def test_outgoing_messages_leaves_clean_messages_alone() -> None:
     assert bare == [{"role": "assistant", "content": ""}]
 
 
+def test_outgoing_messages_reuses_the_sent_prefix_and_rewrites_what_changed() -> None:
+    model = KimiModel(api_key="sk-x", rpm=None)
+    needs_fix = {"role": "assistant", "content": None}  # no reasoning, no content: rewritten
+    history: list[dict[str, Any]] = [{"role": "user", "content": "task"}, needs_fix]
+    first = model.outgoing_messages(history, thinking=True)
+    assert first[1] == {"role": "assistant", "content": "", "reasoning_content": ""}
+    history.append({"role": "tool", "tool_call_id": "c", "content": "r"})
+    second = model.outgoing_messages(history, thinking=True)
+    assert second[1] is first[1]  # the prefix's rewrite is reused, not made again
+    assert second[2] is history[2] and len(second) == 3
+    assert second is not first  # a fresh list each time: the caller may keep or change it
+    # a context strategy replaces a message (ContextWindow.replace): rewritten afresh
+    history[1:2] = [{"role": "assistant", "content": [{"type": "text", "text": ""}]}]
+    third = model.outgoing_messages(history, thinking=True)
+    assert third[1] == {"role": "assistant", "content": "", "reasoning_content": ""}
+    assert third[1] is not first[1]
+    # a shorter list (messages dropped) and the other thinking mode are rewritten too
+    del history[1:]
+    assert model.outgoing_messages(history, thinking=True) == [history[0]]
+    history.append(needs_fix)
+    assert model.outgoing_messages(history, thinking=False)[1] == {
+        "role": "assistant",
+        "content": "",
+    }
+    # another list with equal messages gets the same rewrite; the memo keeps a few lists only
+    for n in range(40):
+        other = [{"role": "user", "content": f"t{n}"}, {"role": "assistant", "content": None}]
+        assert model.outgoing_messages(other, thinking=True)[1]["reasoning_content"] == ""
+    assert len(model._outgoing) <= 16
+
+
 # -- 4. the window and TPM count the tool schemas --------------------------------------------
 BIG_TOOLS = [
     ToolSpec(f"tool_{i}", "Does a thing. " * 280, {"type": "object", "properties": {}})

@@ -71,6 +71,7 @@ async def post_once(transport: Httpx2Transport, url: str) -> int:
 
 
 # -- the agent ------------------------------------------------------------------------------
+@pytest.mark.usefixtures("transport")
 @pytest.mark.parametrize("limits", [{}, {"rpm": None}], ids=["default-rpm50", "rpm-none"])
 def test_run_sync_three_times_on_one_agent(sim: SimServer, limits: dict[str, None]) -> None:
     # KimiModel's default rpm=50 is a process-wide limiter that outlives every run's loop
@@ -85,6 +86,7 @@ def test_run_sync_three_times_on_one_agent(sim: SimServer, limits: dict[str, Non
         assert model.limiter.admitted == 3
 
 
+@pytest.mark.usefixtures("transport")
 def test_one_model_in_two_threads(sim: SimServer) -> None:
     model = KimiModel(api_key="sk-sim", base_url=sim.base_url, max_concurrency=2)
 

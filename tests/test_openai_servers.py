@@ -35,6 +35,7 @@ from agentloop.sim.profiles import LOCAL_MODEL, profile
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.usefixtures("transport"),
     pytest.mark.filterwarnings("ignore::agentloop.errors.EstimatedUsageWarning"),
 ]
 SimFactory = Callable[..., Any]

@@ -15,7 +15,7 @@ from agentloop.models import KimiModel, ModelRequest, assemble
 from agentloop.retry import RetryPolicy, stated_wait
 from agentloop.sim import RETRYABLE, EchoPolicy, FaultPlan, SimServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 SimFactory = Callable[..., Any]
 Q = [{"role": "user", "content": "q"}]
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,33 @@ CONTEXT_WINDOWS = {
     "kimi-k2-thinking": 262_144,
     "kimi-k2-thinking-turbo": 262_144,
 }
+
+
+# histories whose rewritten form is kept for the next request (one per run in flight, the oldest
+# dropped first)
+_OUTGOING_SLOTS = 16
+
+
+def _empty_text(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and not part.get("text")
+
+
+def _kimi_message(message: Message, thinking: bool) -> Message:
+    """One message as Kimi takes it (see ``KimiModel.outgoing_messages``): itself, or a copy."""
+    role = message.get("role")
+    fixed = message
+    content = message.get("content")
+    if isinstance(content, list):
+        parts = [p for p in content if not _empty_text(p)]
+        if len(parts) != len(content) or (not parts and role == "assistant"):
+            fixed = {**fixed, "content": parts or ""}
+    if role == "assistant":
+        if thinking and "reasoning_content" not in message:
+            # A missing field is a 400 with thinking on; "" is valid and keeps the prefix.
+            fixed = {**fixed, "reasoning_content": ""}
+        if fixed.get("content") is None:
+            fixed = {**fixed, "content": ""}
+    return fixed
 
 
 class KimiModel(OpenAIModel):
@@ -111,6 +139,10 @@ class KimiModel(OpenAIModel):
         # 180 s covers time to first token on a full 256K window under load
         self.idle_timeout = idle_timeout
         self.first_byte_timeout = first_byte_timeout
+        # id(history) -> (history, thinking, its messages as last sent, their rewritten form)
+        self._outgoing: OrderedDict[
+            int, tuple[Sequence[Message], bool, list[Message], list[Message]]
+        ] = OrderedDict()
 
     def _missing_key_message(self) -> str:
         return (
@@ -183,31 +215,29 @@ class KimiModel(OpenAIModel):
           (and system, tool) messages are treated alike and the simulator rejects the part in
           every role. A list left with no parts is sent as ``""``, the form item 11 gives for
           no text. The rewrite is the same on every request, so cached prefixes still match.
+
+        A run sends the same list again with messages appended: the part already rewritten for
+        that list is reused (its messages compared in C, by identity first), so a step's cost
+        does not grow with the history. A message is never edited in place once in a history
+        (context strategies replace it, see ``ContextWindow.replace``); a replaced message, or
+        any change in the prefix, is rewritten afresh.
         """
-
-        def empty_text(part: Any) -> bool:
-            return isinstance(part, dict) and part.get("type") == "text" and not part.get("text")
-
-        out: list[Message] | None = None
-        for index, message in enumerate(messages):
-            role = message.get("role")
-            fixed = message
-            content = message.get("content")
-            if isinstance(content, list):
-                parts = [p for p in content if not empty_text(p)]
-                if len(parts) != len(content) or (not parts and role == "assistant"):
-                    fixed = {**fixed, "content": parts or ""}
-            if role == "assistant":
-                if thinking and "reasoning_content" not in message:
-                    # A missing field is a 400 with thinking on; "" is valid and keeps the prefix.
-                    fixed = {**fixed, "reasoning_content": ""}
-                if fixed.get("content") is None:
-                    fixed = {**fixed, "content": ""}
-            if fixed is not message:
-                if out is None:
-                    out = list(messages)
-                out[index] = fixed
-        return out if out is not None else list(messages)
+        memo = self._outgoing
+        key = id(messages)
+        entry = memo.get(key)
+        start = 0
+        out: list[Message] = []
+        if entry is not None and entry[0] is messages and entry[1] == thinking:
+            seen, sent = entry[2], entry[3]
+            if len(seen) <= len(messages) and messages[: len(seen)] == seen:
+                start = len(seen)
+                out = list(sent)
+            memo.move_to_end(key)
+        out.extend(_kimi_message(m, thinking) for m in messages[start:])
+        memo[key] = (messages, thinking, list(messages), out)
+        if len(memo) > _OUTGOING_SLOTS:
+            memo.popitem(last=False)
+        return list(out)
 
     def build_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
         thinking = self.thinking_for(request)

@@ -56,7 +56,7 @@ from .base import (
 )
 from .stream import DONE, SSEDecoder, chunk_deltas, message_deltas, parse_chunk
 from .text_calls import extract_text_tool_calls
-from .transport import Httpx2Transport, RawResponse, Transport
+from .transport import Httpx2Transport, RawResponse, Transport, make_transport
 
 _UNSET: Any = object()
 DEFAULT_CONTEXT_WINDOW = 128_000
@@ -139,7 +139,7 @@ class OpenAIModel:
         limiter: Limiter | None = _UNSET,
         retry: RetryPolicy | None = None,
         clock: Clock = DEFAULT_CLOCK,
-        transport: Transport | None = None,
+        transport: Transport | str | None = None,
         timeout: float = 600.0,
         extra_body: dict[str, Any] | None = None,
         send_reasoning: bool = False,
@@ -202,10 +202,10 @@ class OpenAIModel:
                 else None
             )
         self.limiter: Limiter | None = limiter
-        self._transport: Transport = (
-            transport if transport is not None else Httpx2Transport(timeout=timeout)
-        )
-        self._owns_transport = transport is None
+        # an instance as given (the caller closes it), or one built by name ("httpx2", the
+        # default, or "aiohttp": the fast extra) and owned here
+        self._transport: Transport = make_transport(transport, timeout=timeout)
+        self._owns_transport = transport is None or isinstance(transport, str)
         self._url = f"{self.base_url}/chat/completions"
         self._headers = SecretHeaders(
             {"Content-Type": "application/json", "Accept": "text/event-stream"}, self._api_key

@@ -1,8 +1,9 @@
 """The HTTP seam: the one place that knows which HTTP library carries our bytes.
 
 Model clients call ``Transport.post`` and get status, headers and a body they can read whole or
-iterate. ``Httpx2Transport`` is the default; another library (aiohttp, say) can be measured and
-swapped in by implementing the same two methods.
+iterate. ``Httpx2Transport`` is the default; ``AiohttpTransport`` (``transport_aiohttp.py``, the
+``fast`` extra) is the other, chosen by instance or by name (``transport="aiohttp"``). Another
+library can be swapped in by implementing the same two methods.
 """
 
 from __future__ import annotations
@@ -237,3 +238,23 @@ class Httpx2Transport:
             if pools is not None and pools.loop is loop and pools.closer is not None:
                 await pools.closer.aclose()  # runs its finally: closes the clients
                 return
+
+
+TRANSPORTS = ("httpx2", "aiohttp")
+
+
+def make_transport(transport: Transport | str | None, *, timeout: float) -> Transport:
+    """The transport a model client uses: an instance as given, else one built by name
+    (None is the default, httpx2)."""
+    if transport is None or transport == "httpx2":
+        return Httpx2Transport(timeout=timeout)
+    if transport == "aiohttp":
+        from .transport_aiohttp import AiohttpTransport  # imported only when chosen
+
+        return AiohttpTransport(timeout=timeout)
+    if isinstance(transport, str):
+        raise ConfigurationError(
+            f"unknown transport {transport!r}: choose one of {', '.join(TRANSPORTS)} "
+            "or pass a Transport instance"
+        )
+    return transport
