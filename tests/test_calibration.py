@@ -137,6 +137,21 @@ async def test_over_http_the_estimate_learns_the_simulators_count(
 
 
 @pytest.mark.anyio
+async def test_once_settled_the_fit_samples_one_report_in_16(sim_factory: SimFactory) -> None:
+    """Measuring a prompt scans the whole request body, which grows with the history: after 64
+    pairs the calibrator takes one report in 16 (the fit fades old pairs, so it keeps up)."""
+    sim = await sim_factory(policy=EchoPolicy())
+    model = OpenAIModel(
+        "kimi-k2.6", base_url=sim.base_url, api_key="sk-sim", stream=False, retry=NO_WAIT
+    )
+    messages: list[Message] = [{"role": "user", "content": "word " * 200}]  # over 512 bytes
+    for _ in range(64 + 32):
+        await assemble(model.stream(ModelRequest(messages, max_tokens=16)))
+    assert model.calibration.observations == 64 + 2
+    await model.aclose()
+
+
+@pytest.mark.anyio
 async def test_a_stream_without_usage_teaches_nothing(sim_factory: SimFactory) -> None:
     sim = await sim_factory(profile="llamacpp", policy=EchoPolicy())
     model = OpenAIModel(

@@ -188,6 +188,7 @@ class OpenAIModel:
         # small models often write <tool_call>{...}</tool_call> as text: parse it (opt-in)
         self.text_tool_calls = text_tool_calls
         self._text_calls = 0
+        self._reports = 0  # responses that reported usage (calibration samples them)
         if limiter is _UNSET:
             limiter = (
                 shared_limiter(
@@ -452,9 +453,13 @@ class OpenAIModel:
                             usage = delta.usage  # type: ignore[union-attr]
                             billed = usage.total_tokens
                             reported = True
-                            self.calibration.observe(
-                                prompt_bytes(body, payload), usage.input_tokens
-                            )
+                            self._reports += 1
+                            # every report until the fit has settled, then one in 16: measuring
+                            # a prompt scans the whole body, which grows with the history
+                            if self.calibration.observations < 64 or self._reports % 16 == 0:
+                                self.calibration.observe(
+                                    prompt_bytes(body, payload), usage.input_tokens
+                                )
                         yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
                 if not reported:
                     usage = Usage(
