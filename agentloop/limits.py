@@ -256,16 +256,7 @@ class RateLimiter:
         if self.tpm is None:
             await self.clock.sleep(wait)
             return
-        freed = gate.freed
-
-        async def wake() -> None:
-            await freed.wait()
-            group.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wake)
-            await self.clock.sleep(wait)
-            group.cancel_scope.cancel()
+        await sleep_until_set(self.clock, wait, gate.freed)
 
     def _reconcile(self, charge: _Charge, actual: int, gate: _Gate) -> None:
         with self._log_lock:
@@ -309,6 +300,20 @@ class RateLimiter:
                 if held is None or asked < held:
                     setattr(self, name, asked)
         return conflicts
+
+
+async def sleep_until_set(clock: Clock, wait: float, freed: anyio.Event) -> None:
+    """Sleep ``wait`` seconds of ``clock``, or less if ``freed`` is set meanwhile (a request
+    gave a slot or tokens back)."""
+
+    async def wake() -> None:
+        await freed.wait()
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wake)
+        await clock.sleep(wait)
+        group.cancel_scope.cancel()
 
 
 def _check(rpm: int | None, tpm: int | None, max_concurrency: int | None) -> None:

@@ -55,7 +55,7 @@ import anyio.to_thread
 
 from .clock import DEFAULT_CLOCK, Clock, MonotonicClock, ScaledClock
 from .errors import ConfigurationError
-from .limits import _check, _safe_url, current_loop
+from .limits import _check, _safe_url, current_loop, sleep_until_set
 
 TABLE = "agentloop_rate_log"
 
@@ -422,16 +422,7 @@ class DatabaseLimiter:
 
     async def _sleep(self, wait: float, gate: _Gate) -> None:
         """Sleep ``wait``, or less if a request of this loop gives a slot or tokens back."""
-        freed = gate.freed
-
-        async def wake() -> None:
-            await freed.wait()
-            group.cancel_scope.cancel()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wake)
-            await self.clock.sleep(wait)
-            group.cancel_scope.cancel()
+        await sleep_until_set(self.clock, wait, gate.freed)
 
     def _try(self, tokens: int) -> _Verdict:
         """One admission transaction (in a worker thread)."""
