@@ -35,6 +35,7 @@ settings, so the strictest worker is held to its limit and a looser one fills up
 
 from __future__ import annotations
 
+import abc
 import atexit
 import contextlib
 import hashlib
@@ -124,19 +125,19 @@ class _Verdict:
     wait: float
 
 
-class _Backend:
-    """One connection, used by one thread at a time (the limiter's lock)."""
+class _Backend(abc.ABC):
+    """One connection, used by one thread at a time (the limiter's lock): SQLite or Postgres."""
 
     placeholder = "?"
 
-    def connect(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def connect(self) -> None: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
-    def transaction(self, account: str, body: Callable[[Any], Any]) -> Any:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def transaction(self, account: str, body: Callable[[Any], Any]) -> Any: ...
 
 
 class _SQLite(_Backend):
