@@ -276,17 +276,24 @@ def _exit_code(result: RunResult, interrupts: Interrupts, command: str) -> int:
     return EXIT_CODES.get(result.stop_reason, 1)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _environment_ok(args: argparse.Namespace, command: str) -> bool:
+    """The key is set and MOONSHOT_BASE_URL (when it is used) is a URL; else say which, once."""
     if not os.environ.get(KimiModel.api_key_env):
-        print(f"agentloop run: {_MISSING_KEY}", file=sys.stderr)
-        return 2
+        print(f"agentloop {command}: {_MISSING_KEY}", file=sys.stderr)
+        return False
     env_url = os.environ.get(KimiModel.base_url_env)
     if args.base_url is None and env_url and not _is_url(env_url):
         print(
-            f"agentloop run: MOONSHOT_BASE_URL={env_url!r} is not an http(s) URL "
+            f"agentloop {command}: MOONSHOT_BASE_URL={env_url!r} is not an http(s) URL "
             "(e.g. https://api.moonshot.ai/v1); fix it or pass --base-url",
             file=sys.stderr,
         )
+        return False
+    return True
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not _environment_ok(args, "run"):
         return 2
     try:
         budget = _budget(args)
@@ -409,16 +416,7 @@ def _batch(args: argparse.Namespace) -> int:
     """``agentloop batch``: a task file, K runs per task, results appended (``batch.py``)."""
     from .batch import BatchSummary, prepare
 
-    if not os.environ.get(KimiModel.api_key_env):
-        print(f"agentloop batch: {_MISSING_KEY}", file=sys.stderr)
-        return 2
-    env_url = os.environ.get(KimiModel.base_url_env)
-    if args.base_url is None and env_url and not _is_url(env_url):
-        print(
-            f"agentloop batch: MOONSHOT_BASE_URL={env_url!r} is not an http(s) URL "
-            "(e.g. https://api.moonshot.ai/v1); fix it or pass --base-url",
-            file=sys.stderr,
-        )
+    if not _environment_ok(args, "batch"):
         return 2
     mode = "json" if args.json else _mode(argparse.Namespace(json=False, plain=args.plain))
     try:
