@@ -6,12 +6,32 @@ simulated model (``ResearchPolicy``) answers only from what is in the context it
 the simulator reports ``cached_tokens`` from byte-identical prompt prefixes, so the table shows
 what each strategy costs at kimi-k2.6 prices and whether it kept the facts.
 
-Below the table, one run stopped by the step cap halfway shows the final-answer call: it keeps
-the run's tools and history and sends ``tool_choice: "none"``, so its prompt is a cache hit but
-for the last turn; the same call with the tools dropped (as agentloop once sent it) would change
-the first bytes of the prompt and pay for all of it uncached.
+Two shapes of search, a table each. ``spread``: the four facts at 10%, 35%, 60% and 85% of the
+pages, 250 tokens of reasoning per step, so tool results are nearly all of the context.
+``clustered``: the facts at 3%, 6%, 9% and 12% of the pages (they must survive every later
+edit) and 1–3K tokens of reasoning per step, billed as output and kept in the history with its
+turn, so the reasoning alone outgrows the window and clearing tool results cannot finish.
+"finished" is ``completed``; a run a limit stopped still answers through its final-answer call,
+whose cost is in its dollars (``final $``), and may still be right ("none" on ``clustered``).
 
-    python -m bench long_search [--pages 200] [--json FILE]
+The default (``TruncateResults(10K)``, ``Compact(trigger=0.5)``) is the cheapest list here
+that finishes correctly on both shapes: 0.80× the cost of the former default (clear results past
+40%, compact past 70%) on each shape, and 0.59× / 0.73× of compacting at 85% (kimi-cli's rule).
+Compacting leaves the task and a short summary, so the prompt stays small between edits;
+clearing keeps every turn and its reasoning and rewrites the history 2–2.5× as often.
+Compacting earlier is cheaper still in this bench (at 30%: 0.77× / 0.88× of the default, with
+1.6× the compactions) because the simulated summary keeps every fact; a real model's summary
+may drop one each time, which the bench cannot price, so stopping at 50% is a judgement, not a
+measurement.
+
+Below the tables, a default run per shape stopped by the step cap halfway shows the
+final-answer call: it keeps the run's tools and history and sends ``tool_choice: "none"``, so
+its prompt is a cache hit but for the last turn; the same call with the tools dropped (as
+agentloop once sent it) would change the first bytes of the prompt and pay for all of it
+uncached.
+
+    python -m bench long_search [--pages 200] [--shape spread clustered] [--strategy NAME]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,7 +41,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import anyio
@@ -51,17 +71,36 @@ class Scenario:
     max_tokens: int = 8_000
     budget: Budget | None = None  # None: the browsecomp preset
     seed: int = 7
+    shape: str = "spread"
+    # where the facts are, as shares of the pages
+    facts_at: tuple[float, ...] = (0.1, 0.35, 0.6, 0.85)
+    # reasoning_content per step (tokens; a range when max_reasoning_tokens is set)
+    reasoning_tokens: int = 250
+    max_reasoning_tokens: int | None = None
 
     def fact_pages(self) -> dict[int, tuple[str, str]]:
         rng = random.Random(self.seed)
-        spread = [int(self.pages * share) for share in (0.1, 0.35, 0.6, 0.85)]
+        pages: list[int] = []
+        for share in self.facts_at:
+            page = max(1, int(self.pages * share))
+            while page in pages:  # a short search: shares that round to one page move on
+                page += 1
+            pages.append(page)
         return {
-            max(1, page): (
+            page: (
                 key,
                 "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(6)),
             )
-            for page, key in zip(spread, FACT_KEYS, strict=True)
+            for page, key in zip(pages, FACT_KEYS, strict=True)
         }
+
+    def policy(self) -> ResearchPolicy:
+        return ResearchPolicy(
+            pages=self.pages,
+            reasoning_tokens=self.reasoning_tokens,
+            max_reasoning_tokens=self.max_reasoning_tokens,
+            seed=self.seed,
+        )
 
     def expected(self) -> dict[str, str]:
         return dict(self.fact_pages().values())
@@ -81,8 +120,24 @@ class Scenario:
         return f"Result page {page}:\n" + " ".join(words)
 
 
+SHAPES: dict[str, Callable[[int], Scenario]] = {
+    # facts far apart, short reasoning: tool results are nearly all of the context
+    "spread": lambda pages: Scenario(pages=pages),
+    # facts in the first eighth, 1-3K tokens of reasoning per step: the facts must survive
+    # every later edit, and the kept reasoning alone outgrows the window
+    "clustered": lambda pages: Scenario(
+        pages=pages,
+        shape="clustered",
+        facts_at=(0.03, 0.06, 0.09, 0.12),
+        reasoning_tokens=1_000,
+        max_reasoning_tokens=3_000,
+    ),
+}
+
+
 @dataclass
 class Row:
+    shape: str
     strategy: str
     finished: bool
     stop_reason: str
@@ -94,6 +149,7 @@ class Row:
     output_tokens: int
     cost_usd: float
     edits: int
+    final_usd: float  # the final-answer call of a run a limit stopped (counted in cost_usd)
     seconds: float
 
 
@@ -107,7 +163,18 @@ def strategies() -> dict[str, Callable[[], Sequence[ContextStrategy]]]:
         "compact at 85%": lambda: [Compact(trigger=eighty_five)],
         "compact at 50%": lambda: [Compact(trigger=0.5)],
         "discard-all at 85%": lambda: [DiscardAll(trigger=eighty_five)],
-        "default": default_strategies,
+        # the default until issue 18: clear results past 40%, summarise past 70%
+        "clear 40%, compact 70%": lambda: [
+            TruncateResults(),
+            ClearToolResults(),
+            Compact(trigger=0.7, keep_turns=1),
+        ],
+        "clear 40%, compact 50%": lambda: [
+            TruncateResults(),
+            ClearToolResults(),
+            Compact(trigger=0.5, keep_turns=1),
+        ],
+        "default": default_strategies,  # truncate at 10K, compact at 50%
     }
 
 
@@ -116,7 +183,7 @@ async def run_one(
 ) -> Row:
     search = _search_tool(scenario)
     budget = scenario.budget or Budget.preset("browsecomp")
-    config = SimConfig(policy=ResearchPolicy(pages=scenario.pages), chunk_chars=4096)
+    config = SimConfig(policy=scenario.policy(), chunk_chars=4096)
     started = time.perf_counter()
     async with SimServer(config) as sim:
         sim.stats.keep_bodies = False
@@ -140,7 +207,15 @@ async def run_one(
     expected = scenario.expected()
     correct = all(f"{k} = {v}" in result.output for k, v in expected.items())
     usage = result.usage
+    last = result.steps[-1] if result.steps else None
+    # a limit's final-answer call is the run's last step, made without tool calls
+    final = (
+        KIMI_K2_6.cost(last.usage)
+        if last is not None and result.stop_reason != "completed" and not last.tool_calls
+        else 0.0
+    )
     return Row(
+        scenario.shape,
         name,
         result.stop_reason == "completed",
         result.stop_reason,
@@ -152,12 +227,14 @@ async def run_one(
         usage.output_tokens,
         result.cost_usd,
         edits,
+        final,
         time.perf_counter() - started,
     )
 
 
 @dataclass
 class FinalAnswer:
+    shape: str
     steps: int
     prompt_tokens: int
     cached_tokens: int
@@ -168,8 +245,8 @@ class FinalAnswer:
 async def final_answer_call(scenario: Scenario) -> FinalAnswer:
     """Stop a default-strategy run halfway with the step cap and price its final-answer call."""
     budget = (scenario.budget or Budget.preset("browsecomp")).with_(max_steps=scenario.pages // 2)
-    halfway = Scenario(scenario.pages, scenario.min_tokens, scenario.max_tokens, budget)
-    config = SimConfig(policy=ResearchPolicy(pages=scenario.pages), chunk_chars=4096)
+    halfway = replace(scenario, budget=budget)
+    config = SimConfig(policy=scenario.policy(), chunk_chars=4096)
     async with SimServer(config) as sim:
         sim.stats.keep_bodies = False
         agent = Agent(
@@ -183,6 +260,7 @@ async def final_answer_call(scenario: Scenario) -> FinalAnswer:
     final = result.steps[-1].usage
     uncached = Usage(final.input_tokens, 0, final.output_tokens)
     return FinalAnswer(
+        scenario.shape,
         len(result.steps),
         final.input_tokens,
         final.cached_input_tokens,
@@ -214,38 +292,65 @@ async def run_all(scenario: Scenario, names: Sequence[str] | None = None) -> lis
 
 
 def table(rows: Sequence[Row]) -> str:
-    base = next((r for r in rows if r.strategy == "default"), rows[0])
+    """One table per shape; "$ vs default" compares within the shape."""
     head = (
         f"{'strategy':<28} {'end':<13} {'steps':>5} {'correct':>7} {'input':>11} {'cached':>11} "
-        f"{'uncached':>10} {'output':>9} {'edits':>5} {'$':>8} {'$ vs default':>12}"
+        f"{'uncached':>10} {'output':>9} {'edits':>5} {'final $':>7} {'$':>8} {'$ vs default':>12}"
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ratio = r.cost_usd / base.cost_usd if base.cost_usd else float("nan")
-        lines.append(
-            f"{r.strategy:<28} {r.stop_reason:<13} {r.steps:>5} {'yes' if r.correct else 'NO':>7} "
-            f"{r.input_tokens:>11,} {r.cached_tokens:>11,} {r.uncached_tokens:>10,} "
-            f"{r.output_tokens:>9,} {r.edits:>5} {r.cost_usd:>8.3f} {ratio:>11.2f}×"
-        )
-    return "\n".join(lines)
+    blocks = []
+    for shape in dict.fromkeys(r.shape for r in rows):
+        mine = [r for r in rows if r.shape == shape]
+        base = next((r for r in mine if r.strategy == "default"), mine[0])
+        lines = [f"shape: {shape}", head, "-" * len(head)]
+        for r in mine:
+            ratio = r.cost_usd / base.cost_usd if base.cost_usd else float("nan")
+            final = f"{r.final_usd:.3f}" if r.final_usd else "-"
+            lines.append(
+                f"{r.strategy:<28} {r.stop_reason:<13} {r.steps:>5} "
+                f"{'yes' if r.correct else 'NO':>7} {r.input_tokens:>11,} {r.cached_tokens:>11,} "
+                f"{r.uncached_tokens:>10,} {r.output_tokens:>9,} {r.edits:>5} {final:>7} "
+                f"{r.cost_usd:>8.3f} {ratio:>11.2f}×"
+            )
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def cheapest(rows: Sequence[Row]) -> str:
+    """The strategy that finished correctly on every shape run for the least money in all."""
+    shapes = {r.shape for r in rows}
+    totals: dict[str, float] = {}
+    for name in dict.fromkeys(r.strategy for r in rows):
+        mine = [r for r in rows if r.strategy == name]
+        if {r.shape for r in mine} == shapes and all(r.finished and r.correct for r in mine):
+            totals[name] = sum(r.cost_usd for r in mine)
+    if not totals:
+        return "no strategy finished correctly on every shape"
+    ranked = ", ".join(f"{n} ${c:.3f}" for n, c in sorted(totals.items(), key=lambda t: t[1]))
+    return f"finished correctly on every shape ({', '.join(sorted(shapes))}), cost in all: {ranked}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench long_search", description=__doc__)
     parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument(
+        "--shape", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="searches to run"
+    )
     parser.add_argument("--strategy", action="append", help="run only these (repeatable)")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
-    scenario = Scenario(pages=args.pages)
-    rows = anyio.run(run_all, scenario, args.strategy)
+    scenarios = [SHAPES[shape](args.pages) for shape in args.shape]
+    rows = [row for s in scenarios for row in anyio.run(run_all, s, args.strategy)]
     print(table(rows))
-    final = anyio.run(final_answer_call, scenario)
-    print(
-        f"\nfinal-answer call after {final.steps - 1} steps (step cap {final.steps}): prompt "
-        f"{final.prompt_tokens:,} tokens, {final.cached_tokens:,} cached: ${final.cost_usd:.4f}; "
-        f"with the tools dropped (nothing cached): ${final.cost_without_tools_usd:.4f} "
-        f"({final.cost_without_tools_usd / final.cost_usd:.1f}x)"
-    )
+    print("\n" + cheapest(rows))
+    for scenario in scenarios:
+        final = anyio.run(final_answer_call, scenario)
+        print(
+            f"\n{final.shape}: final-answer call after {final.steps - 1} steps (step cap "
+            f"{final.steps}): prompt {final.prompt_tokens:,} tokens, {final.cached_tokens:,} "
+            f"cached: ${final.cost_usd:.4f}; with the tools dropped (nothing cached): "
+            f"${final.cost_without_tools_usd:.4f} "
+            f"({final.cost_without_tools_usd / final.cost_usd:.1f}x)"
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump([asdict(r) for r in rows], out, indent=1)

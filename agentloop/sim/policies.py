@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,15 +196,31 @@ class ResearchPolicy:
     called without tools (a final-answer call), it answers with the facts it can see in the
     context it was sent and nothing else: a fact lost from the context is a wrong answer. Asked
     to "write a summary" (a compaction call), it writes its progress and every fact it sees.
+
+    Each turn thinks ``reasoning_tokens`` of ``reasoning_content`` (billed as output, and kept in
+    the history with its turn). With ``max_reasoning_tokens`` the length varies between the two,
+    drawn per page from ``seed`` (the same page always gets the same length, however the
+    history was edited). The reasoning never names a fact.
     """
 
     FACT = re.compile(r"FACT (\w+) = (\w+)")
     PAGE = re.compile(r'"page":\s*(\d+)')
     PROGRESS = re.compile(r"[Ss]earched up to page (\d+)")
 
-    def __init__(self, pages: int = 200, reasoning_tokens: int = 250, tool: str = "search") -> None:
+    def __init__(
+        self,
+        pages: int = 200,
+        reasoning_tokens: int = 250,
+        tool: str = "search",
+        *,
+        max_reasoning_tokens: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.pages = pages
+        self.reasoning_tokens = reasoning_tokens
         self.reasoning_chars = reasoning_tokens * 4
+        self.max_reasoning_tokens = max_reasoning_tokens
+        self.seed = seed
         self.tool = tool
 
     def _facts(self, ctx: PolicyContext) -> dict[str, str]:
@@ -225,8 +242,15 @@ class ResearchPolicy:
                     reached = max(reached, int(page))
         return reached
 
-    def _think(self, text: str) -> str:
-        return (text + " ") * max(1, self.reasoning_chars // (len(text) + 1))
+    def _think(self, text: str, page: int = 0) -> str:
+        chars = self.reasoning_chars
+        if self.max_reasoning_tokens is not None:
+            tokens = random.Random(self.seed * 1_000_003 + page).randint(
+                min(self.reasoning_tokens, self.max_reasoning_tokens),
+                max(self.reasoning_tokens, self.max_reasoning_tokens),
+            )
+            chars = tokens * 4
+        return (text + " ") * max(1, chars // (len(text) + 1))
 
     def answer(self, ctx: PolicyContext) -> str:
         facts = self._facts(ctx)
@@ -239,9 +263,11 @@ class ResearchPolicy:
             facts = self._facts(ctx)
             lines = [f"Searched up to page {reached}."]
             lines += [f"FACT {k} = {v}" for k, v in sorted(facts.items())]
-            return Turn(reasoning=self._think("Summarising."), content="\n".join(lines))
+            return Turn(reasoning=self._think("Summarising.", reached), content="\n".join(lines))
         if self.tool not in ctx.function_names() or reached >= self.pages:
-            return Turn(reasoning=self._think("I can answer now."), content=self.answer(ctx))
+            return Turn(
+                reasoning=self._think("I can answer now.", reached), content=self.answer(ctx)
+            )
         # note what the newest tool results found, so it survives when they are cleared
         new: list[str] = []
         for m in reversed(ctx.messages):
@@ -251,7 +277,9 @@ class ResearchPolicy:
         page = reached + 1
         note = (" Noted " + "; ".join(new) + ".") if new else ""
         return Turn(
-            reasoning=self._think(f"Page {reached} read; the next page may hold a missing fact."),
+            reasoning=self._think(
+                f"Page {reached} read; the next page may hold a missing fact.", page
+            ),
             content=f"Searched up to page {reached}.{note}",
             tool_calls=[ToolCall(self.tool, json.dumps({"query": ctx.task[:60], "page": page}))],
         )
