@@ -22,6 +22,7 @@ import contextvars
 import inspect
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -34,6 +35,9 @@ import pydantic
 from jsonschema import Draft202012Validator
 
 from . import _json
+from ._deadline import now as loop_time
+from ._deadline import within
+from ._fastcheck import compile_check
 from ._journal import Journal
 from .errors import ConfigurationError
 from .messages import Message
@@ -132,6 +136,7 @@ MAX_ARGUMENT_CHARS = 100_000
 MAX_ARGUMENT_DEPTH = 64  # nested objects and arrays, the outermost object counting as 1
 _SHOWN_CHARS = 200  # how much of unparsable arguments the model is shown
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_LONG_NUMBER = re.compile(r"\d{19}")  # may be an integer past 64 bits, which orjson rounds
 
 
 class ArgumentsError(ValueError):
@@ -184,8 +189,17 @@ def load_arguments(raw: str) -> tuple[Any, bool]:
         )
     if not raw.strip():
         return {}, raw == ""
-    # Not orjson (the fast path of _json): it refuses control characters and turns integers
-    # past 64 bits into floats. The stdlib parser is exact and a few microseconds here.
+    # orjson first (strict JSON, exact below 19 digits): what it refuses or may round (control
+    # characters in strings, NaN, integers past 64 bits, deep nesting) goes to the stdlib parser
+    if not _LONG_NUMBER.search(raw):
+        try:
+            value = _json.loads(raw)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            if isinstance(value, dict | list) and _deeper_than(value, MAX_ARGUMENT_DEPTH):
+                raise _too_deep()
+            return value, True
     try:
         value = json.loads(raw, strict=False)
     except RecursionError:
@@ -335,6 +349,7 @@ class Tool:
         self._arguments_model = arguments_model
         Draft202012Validator.check_schema(parameters)
         self._validator = Draft202012Validator(parameters)  # compiled once per tool
+        self._accepts = compile_check(parameters)  # the fast path for the common schemas
         self._is_async = inspect.iscoroutinefunction(fn)
         self.spec = ToolSpec(name, description, parameters, strict)
 
@@ -378,6 +393,8 @@ class Tool:
         return problem is None and bool(rule(arguments or {}))
 
     def validation_errors(self, arguments: Any) -> list[str]:
+        if self._accepts is not None and self._accepts(arguments):
+            return []
         errors = sorted(self._validator.iter_errors(arguments), key=lambda e: list(e.path))
         return [
             f"{'/' + '/'.join(map(str, e.path)) if e.path else '(root)'}: {e.message}"
@@ -637,7 +654,8 @@ class Toolbox:
         if problem is not None:
             return problem
         assert arguments is not None
-        with anyio.move_on_after(target.timeout_s) as timer:
+        limit = target.timeout_s
+        with within(math.inf if limit is None else loop_time() + limit) as timer:
             try:
                 value = await target.invoke(arguments)
             except Exception as exc:  # its own failure (its own TimeoutError too) goes back

@@ -181,3 +181,25 @@ async def test_a_stream_cut_to_a_role_chunk_and_done_is_retried(
     [retry] = response.retries
     assert retry.error.retryable and "no finish_reason" in retry.error.message
     await model.aclose()
+
+
+def test_escapes_are_counted_exactly_in_small_bodies_and_closely_in_large_ones() -> None:
+    import random
+
+    import orjson
+
+    from agentloop.models.openai import escapes
+
+    small = orjson.dumps({"messages": [{"content": 'a "quoted"\nline\\'}]})
+    assert escapes(small) == small.count(b"\\")
+    rng = random.Random(3)
+    messages = [
+        {
+            "role": "tool",
+            "content": 'row "x"\n' * rng.randint(0, 300) + "plain " * rng.randint(0, 900),
+        }
+        for _ in range(600)
+    ]
+    large = orjson.dumps({"messages": messages})
+    assert len(large) > 1_000_000
+    assert abs(escapes(large) - large.count(b"\\")) < 0.01 * len(large)

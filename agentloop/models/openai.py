@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 
 from .. import _json
+from .._deadline import now as loop_time
+from .._deadline import within
 from .._secret import Secret, SecretHeaders
 from ..clock import DEFAULT_CLOCK, Clock
 from ..errors import (
@@ -94,7 +96,26 @@ def prompt_bytes(body: dict[str, Any], payload: bytes) -> int:
     template); the body's other fields (model, max_tokens, ...) are left out."""
     others = _json.dumps({k: v for k, v in body.items() if k not in ("messages", "tools")})
     framing = len(others) + 12 + (10 if "tools" in body else 0)  # ,"messages":[] ,"tools":[]
-    return len(payload) - payload.count(b"\\") - framing
+    return len(payload) - escapes(payload) - framing
+
+
+_EXACT_UP_TO = 128 * 1024
+_SPANS = 64
+_SPAN = 1024
+
+
+def escapes(payload: bytes) -> int:
+    """About how many JSON escapes ``payload`` holds: counted exactly up to 128 KB, beyond
+    that from 64 spans of 1 KB spread over it, so that measuring a long history's prompt costs
+    a fixed 64 KB scan and not another pass over the body (the calibrator needs the prompt's
+    size to within a percent, not to the byte)."""
+    size = len(payload)
+    if size <= _EXACT_UP_TO:
+        return payload.count(b"\\")
+    stride = size // _SPANS
+    seen = sum(payload.count(b"\\", start, start + _SPAN) for start in range(0, size, stride))
+    spans = len(range(0, size, stride))
+    return seen * size // (spans * _SPAN)
 
 
 def estimate_message_tokens(message: Message) -> int:
@@ -519,9 +540,9 @@ class OpenAIModel:
         gap_capped = idle is None or total < idle
         gap = total if gap_capped or idle is None else idle
         async with contextlib.AsyncExitStack() as stack:
-            start = anyio.current_time()
+            start = loop_time()
             try:
-                with anyio.CancelScope(deadline=_deadline(start, wait)) as scope:
+                with within(_deadline(start, wait)) as scope:
                     response = await stack.enter_async_context(
                         self._transport.post(self._url, self._headers, payload, timed=True)
                     )
@@ -538,7 +559,7 @@ class OpenAIModel:
             headers = response.headers
             request_id = headers.get("x-trace-id") or headers.get("x-request-id")
             if response.status != 200:
-                with anyio.CancelScope(deadline=anyio.current_time() + gap):
+                with within(loop_time() + gap):
                     # read inline: a local holding the body would show a key the server echoed
                     # in any traceback rendered with its locals (the exception's text is redacted)
                     raise self._error(response.status, await response.read(), request_id, headers)
@@ -551,16 +572,14 @@ class OpenAIModel:
             # what the first wait has left once the headers are in
             first = wait
             if wait is not None:
-                wait = max(0.0, wait - (anyio.current_time() - start))
+                wait = max(0.0, wait - (loop_time() - start))
             # The yields below sit inside the exit stack, which holds no cancel scope; every
             # caller closes this generator (contextlib.aclosing), so the response is released
             # when the consumer stops, not when the generator is collected.
             yield ResponseStarted(request_id, attempt, waited)  # noqa: ASYNC119
             if not sse:
                 raw = b""
-                with anyio.CancelScope(
-                    deadline=_deadline(anyio.current_time(), wait, gap)
-                ) as scope:
+                with within(_deadline(loop_time(), wait, gap)) as scope:
                     raw = await response.read()
                 if scope.cancelled_caught:
                     if wait is not None and wait > gap:
@@ -591,11 +610,11 @@ class OpenAIModel:
             data_seen = False
             out: list[Delta] = []
             left = math.inf if wait is None else wait
-            current_time = anyio.current_time
+            current_time = loop_time
             while True:
                 now = current_time()
                 try:
-                    with anyio.CancelScope(deadline=now + left) as scope:
+                    with within(now + left) as scope:
                         chunk = await receive()
                 except StopAsyncIteration:
                     break
