@@ -19,6 +19,7 @@ BENCHMARKS = (
     "durable_cost",
     "fleet_limit",
     "long_history",
+    "soak",
 )
 
 

@@ -1,9 +1,10 @@
 """Fleet: many concurrent 10-step runs at 200 ms server latency.
 
 Ideal wall time is 10 × 0.2 s = 2 s whatever the fleet size; the table shows how close each
-contender gets, its client CPU per step, peak RSS and requests per second, with the simulator's
-CPU share (it runs in its own process and must not be the bottleneck). agentloop alone also
-runs the largest fleet.
+contender gets, its client CPU per model call (one call per step), peak RSS and requests per
+second, with the simulator's CPU share (it runs in its own process and must not be the
+bottleneck). agentloop alone, on both transports (httpx2 and aiohttp), also runs the largest
+fleet; a transport whose library is not installed is skipped and named.
 
     python -m bench fleet [--sizes 100 500] [--large 2000] [--only NAME ...] [--json FILE]
 """
@@ -18,6 +19,9 @@ from typing import Any
 from .contenders import CONTENDERS, available
 from .harness import run_contender, simulator, table
 
+# the contenders that also run the ``--large`` fleet: agentloop on each transport
+LARGE = ("agentloop", "agentloop (aiohttp)")
+
 # ours and the hand-written loops: "wall vs fastest framework" compares with the others only
 NOT_FRAMEWORKS = (
     "agentloop",
@@ -30,11 +34,18 @@ LATENCY = 0.2
 STEPS = 10
 
 
+def large_contenders(names: Sequence[str]) -> list[str]:
+    """Who runs the large fleet: the agentloop transports among ``names`` (both if none is)."""
+    chosen = [n for n in LARGE if n in names]
+    return chosen or list(LARGE)
+
+
 def measure(names: Sequence[str], sizes: Sequence[int], large: int | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     plan = [(size, name) for size in sizes for name in names]
     if large:
-        plan.append((large, "agentloop"))
+        ready = set(available())
+        plan.extend((large, n) for n in large_contenders(names) if n in ready)
     for size, name in plan:
         # a fresh simulator per measurement, so one contender's leftovers never slow another
         with simulator(steps=STEPS - 1, latency=LATENCY) as sim:
@@ -101,7 +112,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
             "runs",
             "wall s",
             "vs ideal",
-            "CPU ms/step",
+            "CPU ms/call",
             "peak RSS MB",
             "requests/s",
             "sim CPU",
@@ -114,12 +125,28 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--large", type=int, default=2000, help="agentloop alone (0: skip)")
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=2000,
+        help="agentloop alone, both transports (those of --only if it names any; 0: skip)",
+    )
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS))
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    rows = measure(args.only or available(), args.sizes, args.large or None)
+    ready = available()
+    names = [n for n in args.only or ready if n in ready]
+    rows = measure(names, args.sizes, args.large or None)
     print(render(rows))
+    wanted = set(args.only or CONTENDERS)
+    if args.large:
+        wanted |= set(large_contenders(args.only or list(CONTENDERS)))
+    missing = [n for n in CONTENDERS if n in wanted and n not in ready]
+    if missing:
+        print(
+            f"\nnot run: {', '.join(missing)} (not installed: pip install -e '.[bench]' for the "
+            "peers, '.[fast]' for aiohttp)"
+        )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=1)

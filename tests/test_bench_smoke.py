@@ -15,10 +15,12 @@ from bench import (
     long_history,
     long_search,
     rate_limit,
+    soak,
     step_overhead,
     streaming_parse,
     validation,
 )
+from bench.harness import installed
 from bench.pgserver import missing_reason
 
 
@@ -30,15 +32,21 @@ def test_long_search_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = tmp_path / "rows.json"
     assert long_search.main(["--pages", "8", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "final-answer call after 3 steps" in table and "with the tools dropped" in table
+    for shape in long_search.SHAPES:  # both searches run by default, a table and a final each
+        assert f"shape: {shape}" in table
+        assert f"{shape}: final-answer call after 3 steps" in table
+    assert "with the tools dropped" in table and "finished correctly on every shape" in table
     data = rows(out)
     assert isinstance(data, list)
-    assert {r["strategy"] for r in data} == set(long_search.strategies())
-    assert all(r["stop_reason"] == "completed" for r in data)
-    by_name = {r["strategy"]: r for r in data}
-    assert by_name["default"]["correct"] and by_name["none"]["correct"]
-    # cutting the middle of results loses a fact planted there: the table must show it
-    assert not by_name["truncate results at 4K"]["correct"]
+    assert {(r["shape"], r["strategy"]) for r in data} == {
+        (shape, name) for shape in long_search.SHAPES for name in long_search.strategies()
+    }
+    assert all(r["stop_reason"] == "completed" and r["final_usd"] == 0 for r in data)
+    for shape in long_search.SHAPES:
+        by_name = {r["strategy"]: r for r in data if r["shape"] == shape}
+        assert by_name["default"]["correct"] and by_name["none"]["correct"]
+        # cutting the middle of results loses a fact planted there: the table must show it
+        assert not by_name["truncate results at 4K"]["correct"]
     assert "$ vs default" in table and "default" in table
 
 
@@ -57,13 +65,43 @@ def test_step_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_fleet_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rows.json"
-    args = ["--sizes", "20", "--large", "40", "--only", "agentloop", "--json", str(out)]
+    ours = ["agentloop"] + (["agentloop (aiohttp)"] if installed("aiohttp") else [])
+    args = ["--sizes", "20", "--large", "40", "--only", *ours, "--json", str(out)]
     assert fleet.main(args) == 0
     data = rows(out)
     assert isinstance(data, list)
-    assert [(r["size"], r["calls"]) for r in data] == [(20, 200), (40, 400)]
+    # the large fleet runs on every transport
+    expected = [(20, n, 200) for n in ours] + [(40, n, 400) for n in ours]
+    assert [(r["size"], r["contender"], r["calls"]) for r in data] == expected
     assert all(r["wall_s"] >= r["ideal_s"] for r in data)
-    assert "requests/s" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "requests/s" in table and "CPU ms/call" in table and "peak RSS MB" in table
+
+
+def test_soak_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    args = ["--concurrency", "50", "--seconds", "3", "--idle-timeout", "1", "--quiet"]
+    assert soak.main([*args, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    data = rows(out)
+    assert isinstance(data, dict)
+    by_transport = {r["transport"]: r for r in data["rows"]}
+    assert list(by_transport) == list(soak.TRANSPORTS)
+    ran = ["httpx2"] + (["aiohttp"] if installed("aiohttp") else [])
+    if not installed("aiohttp"):
+        assert "skipped" in by_transport["aiohttp"] and "aiohttp: skipped" in table
+    for name in ran:
+        row = by_transport[name]
+        assert "error" not in row, row
+        # samples after warm-up, runs finished, the faults injected and retried (no timings)
+        assert row["samples"] >= 2 and row["finished"] > 0 and row["calls"] > 0
+        assert sum(row["faults_injected"].values()) > 0 and row["attempts"] > row["calls"]
+        assert row["verdict"] == "flat" or row["verdict"].startswith("GROWS")
+        samples = data["samples"][name]
+        assert [s["phase"] for s in samples[-2:]] == ["drained", "closed"]
+        assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in samples)
+        assert samples[-1]["conns"] == 0  # closing the model closed every connection
+    assert "verdict" in table and "CPU ms/call" in table
 
 
 def test_rate_limit_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,11 +169,21 @@ def test_fleet_limit_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_long_history_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rows.json"
     args = ["--sizes", "2000", "8000", "--steps", "2", "--repeat", "1", "--json", str(out)]
+    args += ["--only", "agentloop", "httpx2 loop (floor)"]
     assert long_history.main(args) == 0
-    assert "growth vs dumps" in capsys.readouterr().out
+    assert "beyond floor vs dumps" in capsys.readouterr().out
     data = rows(out)
-    assert isinstance(data, list) and [r["target_tokens"] for r in data] == [2000, 8000]
-    small, large = data
+    assert isinstance(data, list)
+    assert [(r["contender"], r["target_tokens"]) for r in data] == [
+        ("agentloop", 2000),
+        ("agentloop", 8000),
+        ("httpx2 loop (floor)", 2000),
+        ("httpx2 loop (floor)", 8000),
+    ]
+    small, large, floor_small, floor_large = data
     assert small["history_tokens"] >= 2000 and large["history_tokens"] >= 8000
     assert large["body_kb"] > small["body_kb"] and small["reported_prompt_tokens"] > 0
+    assert floor_large["body_kb"] > floor_small["body_kb"]
     assert all(r["steps_timed"] == 2 and r["cpu_ms_per_step"] > 0 for r in data)
+    assert large["beyond_floor_growth_ms"] is not None
+    assert floor_large["beyond_floor_growth_ms"] is None
