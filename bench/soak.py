@@ -13,11 +13,13 @@ the warm-up, then each finished run is followed by another), then the runs in fl
 Every few seconds the client samples itself: RSS, open file descriptors, asyncio tasks, its
 TCP connections to the simulator by state, gc-tracked objects, runs finished and failed, CPU.
 The table compares the samples after warm-up (the first ``--warmup`` share of the time is
-dropped): RSS at warm-up's end and at the end, and for the counts the maximum of the first third
-against that of the last third, with the least-squares slope per minute. "flat" means RSS grew
-by at most 5% and no count's last-third maximum exceeds its first-third maximum by more than a
-small slack; otherwise "GROWS" names what grew. ``--trace`` adds tracemalloc (slow) and prints
-the allocation sites that grew most between warm-up's end and the end.
+dropped): RSS at warm-up's end and at the end; for fds, tasks and connections the maximum of
+the first third against that of the last third, for the objects (which swing with what the
+runs in flight hold) the medians of the thirds; each with its least-squares slope per minute.
+"flat" means RSS grew by at most 5%, objects and tasks by at most 5%, fds and connections by
+at most a small slack, and nothing was left after the close; otherwise "GROWS" names what
+grew. ``--trace`` adds tracemalloc (slow) and prints the allocation sites that grew most
+between warm-up's end and the end.
 
     python -m bench soak [--seconds 180] [--concurrency 2000] [--transport httpx2 aiohttp]
                          [--latency 0.2] [--faults SPEC] [--trace] [--json FILE]
@@ -35,6 +37,7 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,7 @@ STEPS = 10  # model calls per run: nine tool calls, then the answer
 FAULTS = "reset=0.01,cut=0.01,500=0.01,429=0.01,stall=0.005"
 RSS_SLACK = 0.05  # "flat": RSS grew by at most this share after warm-up
 COUNTS = ("fds", "tasks", "conns", "objects")
+AMOUNTS = ("objects",)  # compared by the median of a third, the counts by its maximum
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TCP_STATES = {
     "01": "established",
@@ -502,23 +506,29 @@ def analyse(report: dict[str, Any], warmup: float) -> dict[str, Any]:
     )
     grows = []
     for name in COUNTS:
-        head = max(s[name] for s in first)
-        tail = max(s[name] for s in last)
         row[f"{name}_max"] = max(s[name] for s in steady)
-        row[f"{name}_first_max"] = head
-        row[f"{name}_last_max"] = tail
         row[f"{name}_per_min"] = _slope([(s["t"], s[name]) for s in steady])
-        # objects and tasks swing with what the runs in flight are doing (aiohttp writes each
-        # request body in a task of its own): a share of slack; a left-over task shows at close
-        relative = name in ("objects", "tasks")
+        if name in AMOUNTS:
+            # an amount swings by ±5% with what the runs in flight hold: the median of a third
+            # is steady where its maximum is one spike
+            head = statistics.median(s[name] for s in first)
+            tail = statistics.median(s[name] for s in last)
+        else:
+            head = max(s[name] for s in first)
+            tail = max(s[name] for s in last)
+        row[f"{name}_first"] = head
+        row[f"{name}_last"] = tail
+        # tasks swing with what the runs in flight are doing (aiohttp writes each request body
+        # in a task of its own): a share of slack; a left-over task shows at close
+        relative = name in AMOUNTS or name == "tasks"
         limit = head * (1 + RSS_SLACK) if relative else head + _slack(head)
         if tail > limit:
-            grows.append(f"{name} {head}->{tail}")
-    row["heap_first_max_mb"] = max(s["heap_mb"] for s in first)
-    row["heap_last_max_mb"] = max(s["heap_mb"] for s in last)
+            grows.append(f"{name} {head:.0f}->{tail:.0f}")
+    row["heap_first_mb"] = statistics.median(s["heap_mb"] for s in first)
+    row["heap_last_mb"] = statistics.median(s["heap_mb"] for s in last)
     if row["rss_growth"] > RSS_SLACK:
-        heap_flat = 0 < row["heap_last_max_mb"] <= row["heap_first_max_mb"] * (1 + RSS_SLACK)
-        objects_flat = row["objects_last_max"] <= row["objects_first_max"] * (1 + RSS_SLACK)
+        heap_flat = 0 < row["heap_last_mb"] <= row["heap_first_mb"] * (1 + RSS_SLACK)
+        objects_flat = row["objects_last"] <= row["objects_first"] * (1 + RSS_SLACK)
         # RSS up, what is in use flat: free holes in malloc's heap (fragmentation), no leak
         why = " (in use flat: fragmentation)" if heap_flat and objects_flat else ""
         grows.insert(0, f"RSS +{row['rss_growth']:.0%}{why}")
@@ -631,9 +641,9 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                 r["transport"],
                 f"{r['rss_first_max_mb']:.0f}->{r['rss_last_max_mb']:.0f}"
                 f" ({r['rss_mb_per_min']:+.1f}/min)",
-                f"{r['heap_first_max_mb']:.0f}->{r['heap_last_max_mb']:.0f}",
+                f"{r['heap_first_mb']:.0f}->{r['heap_last_mb']:.0f}",
                 *(
-                    f"{r[f'{n}_first_max']}->{r[f'{n}_last_max']} ({r[f'{n}_per_min']:+.1f}/min)"
+                    f"{r[f'{n}_first']:.0f}->{r[f'{n}_last']:.0f} ({r[f'{n}_per_min']:+.1f}/min)"
                     for n in COUNTS
                 ),
                 f"{r['before']['tasks']}/{r['closed']['tasks']}",
@@ -668,7 +678,8 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
             )
         )
         out.append(
-            "after warm-up, max of the first third -> max of the last third (slope):\n"
+            "after warm-up, first third -> last third (slope): the maximum of RSS, fds, tasks "
+            "and connections, the median of malloc in use and objects\n"
             + table(
                 [
                     "transport",

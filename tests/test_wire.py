@@ -811,3 +811,18 @@ async def test_timeouts_never_count_a_slow_consumer(
     # past the idle timeout. aiohttp hands over all it has buffered, so after the first hold
     # the rest comes in one read (at least two reads, the second after a hold).
     assert held >= (3 if transport == "httpx2" else 2)
+
+
+@pytest.mark.parametrize("fault", ["reset", "cut", "500"])
+async def test_a_retried_attempts_error_is_kept_without_what_it_drags_along(
+    sim_factory: SimFactory, fault: str
+) -> None:
+    # the run keeps every RetryDelta until it ends: a traceback or a chained transport error
+    # would keep frames alive, and through them the event loop's timer heap (bench/soak)
+    sim = await sim_factory(faults=FaultPlan(schedule={1: fault}), policy=EchoPolicy())
+    response = await assemble(kimi(sim, retry=FAST).stream(ModelRequest(Q)))
+    assert response.text == "echo: q"
+    [retry] = response.retries
+    error = retry.error
+    assert error.__traceback__ is None and error.__context__ is None
+    assert error.__cause__ is None and str(error)
