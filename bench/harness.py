@@ -36,9 +36,12 @@ class Sim:
 
 
 @contextmanager
-def simulator(**options: Any) -> Iterator[Sim]:
+def simulator(module: str = "bench.simproc", **options: Any) -> Iterator[Sim]:
+    """The simulator in a process of its own (``module``'s ``serve``: bench/simproc.py, or one
+    with faults), configured by ``options``."""
+    args = ["serve"] if module != "bench.simproc" else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.simproc", json.dumps(options)],
+        [sys.executable, "-m", module, *args, json.dumps(options)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -54,7 +57,7 @@ def simulator(**options: Any) -> Iterator[Sim]:
     finally:
         process.stdin.close()
         tail = process.stdout.read()
-        process.wait(timeout=30)
+        process.wait(timeout=60)
         if tail.strip():
             sim.final = json.loads(tail.strip().splitlines()[-1])
 

@@ -41,10 +41,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .harness import Sim, installed, table
+from .harness import simulator as harness_simulator
 
 TRANSPORTS = ("httpx2", "aiohttp")
 REQUIRES = {"aiohttp": "aiohttp"}
@@ -104,29 +105,9 @@ async def _serve(options: dict[str, Any]) -> None:
     await server.stop()
 
 
-@contextlib.contextmanager
-def simulator(**options: Any) -> Iterator[Sim]:
+def simulator(**options: Any) -> contextlib.AbstractContextManager[Sim]:
     """The simulator with faults in its own process (``bench.simproc`` has no faults)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.soak", "serve", json.dumps(options)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None and process.stdin is not None
-    line = process.stdout.readline()
-    if not line.startswith("READY "):
-        process.kill()
-        raise RuntimeError(f"the simulator did not start: {line!r}")
-    sim = Sim(process, int(line.split()[1]))
-    try:
-        yield sim
-    finally:
-        process.stdin.close()
-        tail = process.stdout.read()
-        process.wait(timeout=60)
-        if tail.strip():
-            sim.final = json.loads(tail.strip().splitlines()[-1])
+    return harness_simulator("bench.soak", **options)
 
 
 # -- what the client samples of itself ------------------------------------------------------------
