@@ -260,7 +260,19 @@ def openai_sdk(base_url: str, stream: bool) -> Runner:
 
 
 # -- agentloop -----------------------------------------------------------------------------------
-def agentloop(base_url: str, stream: bool, transport: str = "httpx2") -> Runner:
+def agentloop_agent(
+    base_url: str,
+    *,
+    retries: bool = False,
+    on_call: Callable[[], None] | None = None,
+    budget: Any = None,
+    context: Any = None,
+    **model_options: Any,
+) -> Any:
+    """agentloop on the simulator's tool loop, as every benchmark runs it: thinking off, no
+    client rate limit, ``lookup`` as the tool (``on_call`` runs at each call). ``retries``:
+    agentloop's default RetryPolicy, else one attempt a call; ``model_options`` go to
+    ``KimiModel`` (``stream``, ``transport``, ``idle_timeout``, ``context_window``...)."""
     from agentloop import Agent, Budget, KimiModel, tool
 
     @tool
@@ -270,19 +282,20 @@ def agentloop(base_url: str, stream: bool, transport: str = "httpx2") -> Runner:
         Args:
             query: what to look up.
         """
+        if on_call is not None:
+            on_call()
         return await lookup_impl(query)
 
     model = KimiModel(
-        api_key=KEY,
-        base_url=base_url,
-        thinking=False,
-        rpm=None,
-        stream=stream,
-        max_tokens=4096,
-        transport=transport,
+        api_key=KEY, base_url=base_url, thinking=False, rpm=None, max_tokens=4096, **model_options
     )
-    model.retry.max_attempts = 1
-    agent = Agent(model, tools=[lookup], budget=Budget(max_steps=100))
+    if not retries:
+        model.retry.max_attempts = 1
+    return Agent(model, tools=[lookup], budget=budget or Budget(max_steps=100), context=context)
+
+
+def agentloop(base_url: str, stream: bool, transport: str = "httpx2") -> Runner:
+    agent = agentloop_agent(base_url, stream=stream, transport=transport)
 
     async def run() -> int:
         result = await agent.run(TASK)

@@ -82,39 +82,25 @@ def child(contender: str, tokens: int, base_url: str, steps: int) -> dict[str, A
     """One measurement, in a process of its own."""
     import anyio
 
-    from agentloop import Agent, Budget, KimiModel, tool
+    from agentloop import Budget
     from agentloop import _json as wire_json
     from agentloop.models.base import ModelRequest
 
-    from .contenders import KEY, lookup_impl
+    from .contenders import agentloop_agent
 
     marks: list[float] = []
-
-    @tool
-    async def lookup(query: str) -> str:
-        """Look up.
-
-        Args:
-            query: what to look up.
-        """
-        marks.append(time.process_time())
-        return await lookup_impl(query)
-
-    transport = "aiohttp" if "aiohttp" in contender else "httpx2"
-    model = KimiModel(
-        api_key=KEY,
-        base_url=base_url,
-        thinking=False,
-        rpm=None,
-        max_tokens=4096,
-        context_window=WINDOW,
-        transport=transport,
-    )
-    model.retry.max_attempts = 1
     budget = Budget(
         max_steps=steps + 1, per_step_tokens=4096, total_tokens=None, final_answer_on_limit=False
     )
-    agent = Agent(model, tools=[lookup], budget=budget, context=[])
+    agent = agentloop_agent(
+        base_url,
+        on_call=lambda: marks.append(time.process_time()),
+        budget=budget,
+        context=[],
+        context_window=WINDOW,
+        transport="aiohttp" if "aiohttp" in contender else "httpx2",
+    )
+    model = agent.model
     past = history(model, tokens)
     floor = _floor(contender, base_url, marks) if "floor" in contender else None
 

@@ -267,30 +267,16 @@ def _sample(t: float, phase: str, port: int, tally: _Tally, lag: float) -> dict[
 
 # -- the client process ---------------------------------------------------------------------------
 def _agent(base_url: str, transport: str, idle_timeout: float) -> Any:
-    from agentloop import Agent, Budget, KimiModel, tool
+    from .contenders import TASK, agentloop_agent
 
-    from .contenders import KEY, TASK, lookup_impl
-
-    @tool
-    async def lookup(query: str) -> str:
-        """Look up.
-
-        Args:
-            query: what to look up.
-        """
-        return await lookup_impl(query)
-
-    model = KimiModel(
-        api_key=KEY,
-        base_url=base_url,
-        thinking=False,
-        rpm=None,
+    agent = agentloop_agent(
+        base_url,
+        retries=True,  # agentloop's default RetryPolicy: the faults are retried
         stream=True,
-        max_tokens=4096,
         transport=transport,
         idle_timeout=idle_timeout,  # a stalled stream is retried after seconds, not 90
-    )  # agentloop's default RetryPolicy: the faults are retried
-    return Agent(model, tools=[lookup], budget=Budget(max_steps=100)), model, TASK
+    )
+    return agent, agent.model, TASK
 
 
 async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
