@@ -76,6 +76,113 @@ class _AsyncioGuard:
         return False
 
 
+class _AsyncioWatchdog:
+    """One task's successive waits (a model attempt's headers, body, each stream gap) under one
+    loop timer. A wait sets its deadline; the timer is moved only when that comes sooner than
+    the one armed, and a timer that fires early for a later deadline (a stream that had news)
+    re-arms itself. A stream of a thousand chunks costs one or two timers, not a thousand."""
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task", "_when", "cancelled_caught")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self._task = task
+        self._loop = task.get_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = math.inf  # when the armed timer fires
+        self._deadline = math.inf  # the running wait's deadline (inf: none is running)
+        self._fired = False
+        self.cancelled_caught = False
+
+    def until(self, deadline: float) -> _AsyncioWatchdog:
+        """The next wait: ``with watchdog.until(deadline) as scope:`` (one at a time)."""
+        task = asyncio.current_task()
+        if task is not self._task and task is not None:  # iterated from another task now
+            self.close()
+            self._task, self._loop = task, task.get_loop()
+        self._deadline = deadline
+        self._fired = False
+        self.cancelled_caught = False
+        if deadline < self._when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+            self._when = deadline
+        return self
+
+    def __enter__(self) -> _AsyncioWatchdog:
+        return self
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._when = math.inf
+        deadline = self._deadline
+        if deadline == math.inf:
+            return  # between waits: the next one arms afresh
+        if deadline > self._loop.time() + _EARLY:
+            self._handle = self._loop.call_at(deadline, self._fire)  # the wait moved on
+            self._when = deadline
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._deadline = math.inf  # the timer stays armed for the next wait, or for close()
+        if not self._fired:
+            return False
+        self._fired = False
+        if self._task.uncancel() == 0 and isinstance(exc, asyncio.CancelledError):
+            self.cancelled_caught = True
+            return True
+        return False
+
+    def close(self) -> None:
+        """Cancel the timer (the attempt is over)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._when = math.inf
+
+
+class _ScopeWatchdog:
+    """``Watchdog`` off asyncio: a cancel scope per wait."""
+
+    __slots__ = ()
+
+    def until(self, deadline: float) -> Guard:
+        return anyio.CancelScope(deadline=deadline)
+
+    def close(self) -> None:
+        pass
+
+
+# a timer may fire this much before its deadline (the loop's clock resolution): that is the
+# deadline, not a wait that moved on
+_EARLY = 1e-6
+
+
+class Watchdog(Protocol):
+    def until(self, deadline: float) -> Guard: ...
+
+    def close(self) -> None: ...
+
+
+def watchdog() -> Watchdog:
+    """A ``Watchdog`` for the current task: ``until(deadline)`` guards one wait, as ``within``
+    does; ``close()`` when the waits are over."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    if task is None:
+        return _ScopeWatchdog()
+    return _AsyncioWatchdog(task)
+
+
 def within(deadline: float) -> Guard:
     """A guard that stops the block at ``deadline`` (on ``now()``'s clock; ``math.inf``: never)."""
     try:

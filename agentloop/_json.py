@@ -7,6 +7,7 @@ stays byte-identical whichever is used.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -24,7 +25,9 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def loads(data: bytes | str) -> Any:
-    if orjson is not None:
-        return orjson.loads(data)
+def _stdlib_loads(data: bytes | str) -> Any:
     return json.loads(data)
+
+
+# orjson's own function where it is installed: the hot path parses every streamed chunk with it
+loads: Callable[[bytes | str], Any] = orjson.loads if orjson is not None else _stdlib_loads

@@ -95,6 +95,10 @@ class Ending:
     final_answer: bool = False  # ask the model once more, without tools, for its best answer
 
 
+# what ``_fit`` returns beside a max_tokens: the call fits, so no ending (never used)
+_FITS = Ending("completed")
+
+
 class Control:
     """The stop switch a ``RunStream`` shares with its run."""
 
@@ -131,6 +135,7 @@ class _State:
     has_value: bool = False
     output_tries: int = 0  # answers that did not validate
     repeats: dict[tuple[str, str], int] = field(default_factory=dict)
+    most_repeats: int = 0  # the highest count in ``repeats`` (checked after every step)
     failures: dict[str, int] = field(default_factory=dict)
     # (prompt + completion tokens the server reported for the last call, history length then):
     # the next prompt's size is that plus an estimate of what was appended since.
@@ -152,8 +157,12 @@ class Run:
         journal: Journal | None = None,
         approvals: Mapping[str, Decision] | None = None,
         carried: RunResult | None = None,
+        listening: bool = True,
     ):
         self.agent = agent
+        # False: nobody reads the events (``Agent.run`` without tracing): the per-step and
+        # per-delta ones are not made at all; the run's first and last still are
+        self.listening = listening
         self.approvals = dict(approvals or {})
         self.pending: list[dict[str, Any]] = []  # calls left for a person to decide
         self.model = agent.model
@@ -370,6 +379,8 @@ class Run:
             cached_prefix=s.cached_prefix,
             final_prompt=self.final_prompt_tokens,
         )
+        if fit.max_tokens is not None and pending is None:
+            return fit.max_tokens, _FITS  # a retry's caller reads the detail of a shrunk fit
         room = fit.room
         leaves = f"{room.binding} leaves {max(room.tokens, 0):,} output tokens"
         if kind == "step":
@@ -410,12 +421,13 @@ class Run:
             )
 
     def _looping(self) -> bool:
-        return any(count > self.agent.loop_limit for count in self.state.repeats.values())
+        return self.state.most_repeats > self.agent.loop_limit
 
     # -- one step ----------------------------------------------------------------------------
     async def _step(self, number: int, max_tokens: int, *, final: bool = False) -> StepOutcome:
         began = self.journal.now()
-        await self.emit(ev.StepStarted(number, max_tokens))
+        if self.listening:
+            await self.emit(ev.StepStarted(number, max_tokens))
         usage = Usage()
         budget = max_tokens
         retried: set[str] = set()
@@ -454,7 +466,8 @@ class Run:
                 kind = "paused"
         record.duration_s = self.journal.now() - began
         s = self.state
-        await self.emit(ev.StepFinished(number, record, replace(s.usage), s.cost))
+        if self.listening:
+            await self.emit(ev.StepFinished(number, record, s.usage.copy(), s.cost))
         return StepOutcome(kind, response)
 
     def _retry_budget(self, kind: Kind, budget: int, retried: set[str]) -> int | None:
@@ -493,7 +506,7 @@ class Run:
             tool_choice="none" if final and specs and self.agent.output is None else None,
             input_tokens=self._prompt_size(),
         )
-        return await self.call_model(request, number, live=True)
+        return await self.call_model(request, number, live=self.listening)
 
     async def call_model(self, request: ModelRequest, number: int, live: bool) -> ModelResponse:
         """One model call, HTTP retries included: every attempt is booked against the limits
@@ -531,6 +544,9 @@ class Run:
         try:
             async with aclosing(self.model.stream(request)) as deltas:
                 async for delta in deltas:
+                    if type(delta) is ToolCallDelta and output_calls is None:
+                        assembler.feed(delta)  # the most common delta: nothing else to do
+                        continue
                     if output_calls is not None and isinstance(delta, ToolCallDelta):
                         if delta.name == TOOL_NAME:
                             output_calls.add(delta.index)
@@ -598,7 +614,7 @@ class Run:
             return
         self.pending = [c for c in calls if self._asks_approval(c)]
         calls = [c for c in calls if c not in self.pending]  # the others run now
-        for call in calls:
+        for call in calls if self.listening else ():
             fn = call["function"]
             shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
             source = self._source(fn["name"])
@@ -699,6 +715,8 @@ class Run:
                 len(raw) if len(raw) > MAX_ARGUMENT_CHARS else None,
             )
         )
+        if not self.listening:
+            return
         await self.emit(
             ev.ToolCallFinished(
                 record.step,
@@ -716,7 +734,10 @@ class Run:
         fn = call["function"]
         arguments = fn["arguments"][:MAX_ARGUMENT_CHARS]  # over the cap the call was refused
         key = (fn["name"], arguments)
-        repeats = self.state.repeats[key] = self.state.repeats.get(key, 0) + 1
+        s = self.state
+        repeats = s.repeats[key] = s.repeats.get(key, 0) + 1
+        if repeats > s.most_repeats:
+            s.most_repeats = repeats
         for strategy in self.agent.context:
             content = strategy.shape_result(content, fn["name"], arguments)
         limit = self.agent.loop_limit

@@ -28,7 +28,7 @@ from .models.base import BuiltinTool, Model
 from .output import OutputSpec
 from .pricing import RateCard
 from .result import Decision, RunResult
-from .telemetry import Telemetry
+from .telemetry import NullRecorder, Telemetry
 from .tools import Tool, Toolbox
 
 if TYPE_CHECKING:
@@ -147,7 +147,15 @@ class Agent:
             return await store.drive(
                 self, messages, task or "", run_id, record, Control(), approvals, resume
             )
-        run = Run(self, messages, record, Control(), approvals=approvals, carried=resume)
+        run = Run(
+            self,
+            messages,
+            record,
+            Control(),
+            approvals=approvals,
+            carried=resume,
+            listening=not isinstance(recorder, NullRecorder),  # spans are built from events
+        )
         return await run.drive(task or "")
 
     def run_sync(

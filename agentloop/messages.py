@@ -35,6 +35,16 @@ class Usage:
     def uncached_input_tokens(self) -> int:
         return self.input_tokens - self.cached_input_tokens
 
+    def copy(self) -> Usage:
+        """A copy (``dataclasses.replace`` costs several times more, once per step)."""
+        return Usage(
+            self.input_tokens,
+            self.cached_input_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+            self.estimated,
+        )
+
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.cached_input_tokens += other.cached_input_tokens

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, get_type_hints, overload
+from typing import Any, Protocol, TypeVar, cast, get_type_hints, overload
 
 import anyio
 import pydantic
@@ -228,13 +228,34 @@ def history_arguments(raw: str) -> str:
     """The argument text to keep in the history for ``raw``: itself when it is a strict JSON
     object within the caps (or empty), the same object as strict JSON when it only parsed
     leniently, else ``"{}"`` — never text the API refuses (kimi-cli #1378, #2165)."""
+    global _last_parsed
     try:
         value, strict = load_arguments(raw)
     except ArgumentsError:
         return "{}"
     if not isinstance(value, dict):
         return "{}"
-    return raw if strict else _json.dumps(value).decode()
+    if strict:
+        _last_parsed = (raw, value)  # the call is parsed again to run it: see _parse_once
+        return raw
+    return _json.dumps(value).decode()
+
+
+# The last argument text history_arguments parsed, and its value. prepare_calls parses a
+# step's arguments and the tool parses them again to run the call; for the common single call
+# the second parse takes this instead. Taken only for the same string object, and once (the
+# tool may mutate its arguments), so a miss (another run in between, a second call) only
+# parses again.
+_last_parsed: tuple[str, Any] | None = None
+
+
+def _parse_once(raw: str) -> Any:
+    global _last_parsed
+    last = _last_parsed
+    if last is not None and last[0] is raw:
+        _last_parsed = None
+        return last[1]
+    return load_arguments(raw)[0]
 
 
 def prepare_calls(message: Message, step: int) -> list[dict[str, Any]]:
@@ -347,6 +368,10 @@ class Tool:
         # (stop_reason "approval_required") until a person decides (``Agent.run(approvals=)``)
         self.needs_approval = needs_approval
         self._arguments_model = arguments_model
+        # parameter -> its type, when every parameter is a bare str/int/float/bool: arguments
+        # of exactly those types pass to the function as they are, without a pydantic model
+        # (which would only hand them back): about a tenth of a step's client CPU
+        self._plain_types = _plain_types(arguments_model)
         Draft202012Validator.check_schema(parameters)
         self._validator = Draft202012Validator(parameters)  # compiled once per tool
         self._accepts = compile_check(parameters)  # the fast path for the common schemas
@@ -401,10 +426,20 @@ class Tool:
             for e in errors
         ]
 
+    def _plain(self, arguments: dict[str, Any]) -> bool:
+        """Whether the arguments are what the function takes as they are (see _plain_types)."""
+        types = self._plain_types
+        if types is None:
+            return False
+        for key, value in arguments.items():  # noqa: SIM110 (a loop: no generator per call)
+            if types.get(key) is not type(value):
+                return False
+        return True
+
     def parse(self, raw: str) -> tuple[dict[str, Any] | None, ToolOutcome | None]:
         """Parse and validate raw argument text; on failure, the outcome to send back."""
         try:
-            arguments, _ = load_arguments(raw)
+            arguments = _parse_once(raw)
         except ArgumentsError as exc:
             return None, exc.outcome(self.name)
         problems = self.validation_errors(arguments)
@@ -416,7 +451,7 @@ class Tool:
                 False,
                 "invalid_arguments",
             )
-        if self._arguments_model is not None:
+        if self._arguments_model is not None and not self._plain(arguments):
             # the schema can admit what the Python types cannot take (an integral float past
             # 64 bits for an int, say): that too is the model's to fix, not a tool failure
             try:
@@ -436,7 +471,7 @@ class Tool:
     async def invoke(self, arguments: dict[str, Any]) -> Any:
         """Run the function on validated arguments (sync functions in a worker thread)."""
         kwargs = arguments
-        if self._arguments_model is not None:
+        if self._arguments_model is not None and not self._plain(arguments):
             model = self._arguments_model.model_validate(arguments)
             kwargs = {k: getattr(model, k) for k in type(model).model_fields}
         if self._is_async:
@@ -449,6 +484,27 @@ class Tool:
         finally:
             stop.set()
             _STOP.reset(token)
+
+
+_PLAIN: tuple[type, ...] = (str, int, float, bool)
+
+
+def _plain_types(model: type[pydantic.BaseModel] | None) -> dict[str, type] | None:
+    """Each field's type if every field is a bare ``str``/``int``/``float``/``bool`` with no
+    constraint, alias or validator (a value of exactly that type is what pydantic would give
+    back: it turns an int into a float and an integral float into an int, so other types go
+    through the model); None otherwise."""
+    if model is None or model.__pydantic_decorators__.field_validators:
+        return None
+    if model.__pydantic_decorators__.model_validators:
+        return None
+    types: dict[str, type] = {}
+    for name, info in model.model_fields.items():
+        plain = any(info.annotation is t for t in _PLAIN)
+        if not plain or info.metadata or info.alias not in (None, name):
+            return None
+        types[name] = cast(type, info.annotation)
+    return types
 
 
 def _build(

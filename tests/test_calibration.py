@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentloop import OpenAIModel
 from agentloop.messages import Message
 from agentloop.models import KimiModel, ModelRequest, ToolSpec, assemble
 from agentloop.models._calibration import DEFAULT_RATIO, OVERHEAD_RANGE, RATIO_RANGE, Calibrator
-from agentloop.models.openai import estimate_message_tokens
+from agentloop.models.openai import estimate_message_bytes, estimate_message_tokens, message_sizes
 from agentloop.retry import RetryPolicy
 from agentloop.sim import EchoPolicy, FaultPlan
 from agentloop.sim.profiles import LOCAL_MODEL, profile
@@ -203,3 +205,43 @@ def test_escapes_are_counted_exactly_in_small_bodies_and_closely_in_large_ones()
     large = orjson.dumps({"messages": messages})
     assert len(large) > 1_000_000
     assert abs(escapes(large) - large.count(b"\\")) < 0.01 * len(large)
+
+
+_TEXTS = st.one_of(st.text(max_size=40), st.sampled_from(["", "héllo ✓", '{"q": "x\\n"}']))
+_CALLS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.one_of(st.none(), _TEXTS),
+            "type": st.just("function"),
+            "function": st.fixed_dictionaries(
+                {"name": st.one_of(st.none(), _TEXTS), "arguments": st.one_of(st.none(), _TEXTS)}
+            ),
+        }
+    ),
+    max_size=3,
+)
+_MESSAGES = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+    optional={
+        "content": st.one_of(
+            st.none(),
+            _TEXTS,
+            st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _TEXTS}), max_size=3),
+        ),
+        "reasoning_content": st.one_of(st.none(), _TEXTS),
+        "tool_calls": st.one_of(st.none(), _CALLS),
+        "tool_call_id": _TEXTS,
+        "name": _TEXTS,
+        "partial": st.booleans(),
+    },
+)
+
+
+@given(_MESSAGES)
+def test_one_pass_sizes_match_both_estimates(message: Message) -> None:
+    """The calibrated estimate sizes each message in one pass: it must give exactly what the
+    two estimates it stands for give (the durable replay decides on the default one)."""
+    assert message_sizes(message) == (
+        estimate_message_tokens(message),
+        estimate_message_bytes(message),
+    )

@@ -8,7 +8,7 @@ import math
 import anyio
 import pytest
 
-from agentloop._deadline import now, within
+from agentloop._deadline import now, watchdog, within
 
 pytestmark = pytest.mark.anyio
 
@@ -91,3 +91,109 @@ def test_under_trio_it_is_an_anyio_cancel_scope() -> None:
         return guard.cancelled_caught
 
     assert anyio.run(main, backend="trio")
+
+
+# -- the watchdog: one timer for a task's successive waits --------------------------------------
+def _timers(loop: asyncio.AbstractEventLoop) -> int:
+    """The loop's live timers (a private list, read for this test only)."""
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())  # type: ignore[attr-defined]
+
+
+async def test_a_watchdog_fires_on_the_wait_whose_deadline_passes() -> None:
+    dog = watchdog()
+    with dog.until(now() + 5) as first:
+        await asyncio.sleep(0)
+    assert not first.cancelled_caught
+    start = now()
+    with dog.until(now() + 0.05) as second:  # sooner than the armed timer: moved forward
+        await asyncio.sleep(5)
+    assert second.cancelled_caught
+    assert 0.04 < now() - start < 1
+    dog.close()
+    await asyncio.sleep(0)  # nothing is left pending on the task
+
+
+async def test_a_later_deadline_keeps_the_timer_and_is_still_kept() -> None:
+    """The timer armed for an early wait fires during a later, longer one: it re-arms for the
+    later deadline instead of cutting the wait short."""
+    dog = watchdog()
+    with dog.until(now() + 0.03):
+        await asyncio.sleep(0)
+    start = now()
+    with dog.until(now() + 0.15) as longer:
+        await asyncio.sleep(5)
+    assert longer.cancelled_caught
+    assert 0.13 < now() - start < 1
+    dog.close()
+
+
+async def test_a_thousand_waits_arm_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    before = _timers(loop)
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting(when: float, *args: object, **kwargs: object) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    dog = watchdog()
+    for _ in range(1000):
+        with dog.until(now() + 30) as scope:
+            await asyncio.sleep(0)
+        assert not scope.cancelled_caught
+    assert len(armed) == 1
+    assert _timers(loop) - before == 1
+    dog.close()
+    assert _timers(loop) == before
+
+
+async def test_a_timer_that_fires_between_waits_does_nothing() -> None:
+    dog = watchdog()
+    with dog.until(now() + 0.02):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.06)  # the timer fires here, outside any wait
+    with dog.until(now() + 5) as later:
+        await asyncio.sleep(0.01)
+    assert not later.cancelled_caught
+    dog.close()
+
+
+async def test_outside_cancels_go_through_a_watchdog() -> None:
+    deadline = now() + 0.05
+    with anyio.CancelScope(deadline=deadline) as outer:
+        dog = watchdog()
+        with dog.until(deadline) as scope:
+            await asyncio.sleep(5)
+        pytest.fail("the outer scope's cancellation was swallowed")  # pragma: no cover
+    assert outer.cancelled_caught and not scope.cancelled_caught
+    dog.close()
+    reached = asyncio.Event()
+
+    async def body() -> None:
+        dog = watchdog()
+        with dog.until(now() + 5):
+            reached.set()
+            await asyncio.sleep(5)
+
+    task = asyncio.ensure_future(body())
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_watchdog_used_from_another_task_cancels_that_task() -> None:
+    dog = watchdog()
+    with dog.until(now() + 5):
+        await asyncio.sleep(0)
+
+    async def elsewhere() -> bool:
+        with dog.until(now() + 0.05) as scope:
+            await asyncio.sleep(5)
+        return scope.cancelled_caught
+
+    assert await asyncio.ensure_future(elsewhere())
+    await asyncio.sleep(0.1)  # this task was not cancelled by the other's deadline
+    dog.close()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agentloop import tool
 from agentloop.models import mfjs
@@ -133,3 +133,77 @@ def test_numpy_docstring() -> None:
     """
     summary, params = parse_docstring(doc)
     assert summary == "Do it." and params == {"query": "what to look for.", "limit": "how many."}
+
+
+flat_received: list[tuple[Any, ...]] = []
+
+
+@tool
+def flat(name: str, count: int, ratio: float, on: bool = False) -> str:
+    """Take plain values.
+
+    Args:
+        name: a name.
+        count: a count.
+        ratio: a ratio.
+        on: a switch.
+    """
+    flat_received.append((name, count, ratio, on))
+    return "ok"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "name": st.text(max_size=4) | json_values,
+            "count": st.integers() | st.floats(allow_nan=False) | json_values,
+            "ratio": st.integers() | st.floats(allow_nan=False, allow_infinity=False) | json_values,
+        },
+        optional={"on": st.booleans() | json_values},
+    )
+)
+def test_plain_parameters_get_what_the_pydantic_model_would_give(args: dict[str, Any]) -> None:
+    """A tool of bare str/int/float/bool parameters skips its pydantic model when the values
+    already have those exact types; every other value still goes through the model, so the
+    function gets what it always got (an int for 3.0, a float for 3)."""
+    import json
+
+    flat_received.clear()
+    parsed, problem = flat.parse(json.dumps(args))
+    if problem is not None:
+        assert flat_received == []
+        return
+    assert parsed is not None
+    assert anyio.run(flat.invoke, parsed) == "ok"
+    expected = flat._arguments_model.model_validate(args)  # type: ignore[union-attr]
+    want = (expected.name, expected.count, expected.ratio, expected.on)  # type: ignore[attr-defined]
+    assert flat_received == [want]
+    assert [type(v) for v in flat_received[0]] == [str, int, float, bool]
+
+
+@tool
+def bounded(count: Annotated[int, Field(ge=0)]) -> str:
+    """Bounded.
+
+    Args:
+        count: at least 0.
+    """
+    return "ok"
+
+
+def test_only_bare_plain_parameters_skip_the_model() -> None:
+    assert flat._plain_types == {"name": str, "count": int, "ratio": float, "on": bool}
+    assert place._plain_types is None and bounded._plain_types is None
+
+
+def test_a_parse_shared_with_the_history_is_handed_out_once() -> None:
+    """prepare_calls' parse is reused for the call's run, but only once: a second parse of the
+    same text gets its own value (the tool may change what it was given)."""
+    from agentloop.tools import history_arguments
+
+    raw = '{"name": "a", "count": 1, "ratio": 0.5}'
+    assert history_arguments(raw) == raw
+    first, _ = flat.parse(raw)
+    second, _ = flat.parse(raw)
+    assert first == second and first is not second

@@ -176,21 +176,36 @@ class Assembler:
         self._calls: dict[int, list[Any]] = {}
 
     def feed(self, delta: Delta) -> None:
-        if isinstance(delta, ReasoningDelta):
+        # by exact type first: the common deltas, a few a step, without an isinstance chain
+        if type(delta) is ToolCallDelta:
+            self._call(delta)
+        elif type(delta) is TextDelta:
+            self._content.append(delta.text)
+        elif type(delta) is ReasoningDelta:
             self._saw_reasoning = True
             self._reasoning.append(delta.text)
+        else:
+            self._feed_other(delta)
+
+    def _call(self, delta: ToolCallDelta) -> None:
+        call = self._calls.get(delta.index)
+        if call is None:
+            self._calls[delta.index] = [delta.id, delta.name, [delta.arguments]]
+        else:
+            if delta.id and not call[0]:
+                call[0] = delta.id
+            if delta.name and not call[1]:
+                call[1] = delta.name
+            call[2].append(delta.arguments)
+
+    def _feed_other(self, delta: Delta) -> None:
+        if isinstance(delta, ToolCallDelta):  # a subclass, say
+            self._call(delta)
         elif isinstance(delta, TextDelta):
             self._content.append(delta.text)
-        elif isinstance(delta, ToolCallDelta):
-            call = self._calls.get(delta.index)
-            if call is None:
-                self._calls[delta.index] = [delta.id, delta.name, [delta.arguments]]
-            else:
-                if delta.id and not call[0]:
-                    call[0] = delta.id
-                if delta.name and not call[1]:
-                    call[1] = delta.name
-                call[2].append(delta.arguments)
+        elif isinstance(delta, ReasoningDelta):
+            self._saw_reasoning = True
+            self._reasoning.append(delta.text)
         elif isinstance(delta, UsageDelta):
             self.response.usage = delta.usage
         elif isinstance(delta, FinishDelta):

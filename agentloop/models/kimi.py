@@ -143,6 +143,7 @@ class KimiModel(OpenAIModel):
         self._outgoing: OrderedDict[
             int, tuple[Sequence[Message], bool, list[Message], list[Message]]
         ] = OrderedDict()
+        self._checked_tools: tuple[AnyTool, ...] | None = None  # the last list found valid
 
     def _missing_key_message(self) -> str:
         return (
@@ -241,13 +242,17 @@ class KimiModel(OpenAIModel):
 
     def build_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
         thinking = self.thinking_for(request)
-        tools = list(request.tools)
-        if len(tools) > MAX_TOOLS:
-            raise ConfigurationError(f"Kimi accepts at most {MAX_TOOLS} tools; got {len(tools)}")
-        names = [t.name for t in tools]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ConfigurationError(f"duplicate tool names: {', '.join(duplicates)}")
+        tools = tuple(request.tools)
+        if tools != self._checked_tools:  # a run offers the same list every step
+            if len(tools) > MAX_TOOLS:
+                raise ConfigurationError(
+                    f"Kimi accepts at most {MAX_TOOLS} tools; got {len(tools)}"
+                )
+            names = [t.name for t in tools]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ConfigurationError(f"duplicate tool names: {', '.join(duplicates)}")
+            self._checked_tools = tools
         choice = request.tool_choice
         if thinking and choice not in (None, "auto", "none"):
             raise ConfigurationError(

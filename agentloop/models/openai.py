@@ -21,7 +21,7 @@ import anyio
 
 from .. import _json
 from .._deadline import now as loop_time
-from .._deadline import within
+from .._deadline import watchdog
 from .._secret import Secret, SecretHeaders
 from ..clock import DEFAULT_CLOCK, Clock
 from ..errors import (
@@ -116,6 +116,42 @@ def escapes(payload: bytes) -> int:
     seen = sum(payload.count(b"\\", start, start + _SPAN) for start in range(0, size, stride))
     spans = len(range(0, size, stride))
     return seen * size // (spans * _SPAN)
+
+
+def message_sizes(message: Message) -> tuple[int, int]:
+    """``(estimate_message_tokens(message), estimate_message_bytes(message))`` in one pass (a
+    calibrated estimate needs both for every message appended to a run)."""
+    size = 3
+    text = 32
+    for key, value in message.items():
+        if isinstance(value, str):
+            n = len(value) if value.isascii() else len(value.encode())
+            size += len(key) + 6 + n
+            if key == "content" or key == "reasoning_content":
+                text += n
+        elif key == "tool_calls" and isinstance(value, list):
+            size += len(key) + 4
+            for call in value:
+                fn = call.get("function") or {}
+                name = fn.get("name") or ""
+                arguments = fn.get("arguments") or ""
+                call_id = call.get("id") or ""
+                n = len(name) if name.isascii() else len(name.encode())
+                n += len(arguments) if arguments.isascii() else len(arguments.encode())
+                size += 66 + _byte_len(call_id) + n
+                text += 48 + n
+        elif isinstance(value, list):
+            parts = [_byte_len(json.dumps(part)) for part in value]
+            size += len(key) + 4 + sum(parts) + len(parts)
+            if key == "content":
+                text += sum(parts)
+        else:
+            size += len(key) + 4 + len(json.dumps(value))
+    if "tool_calls" in message and not isinstance(message["tool_calls"], list):
+        for call in message["tool_calls"] or ():
+            fn = call.get("function") or {}
+            text += 48 + _byte_len(fn.get("arguments") or "") + _byte_len(fn.get("name") or "")
+    return text // 4 + 1, size
 
 
 def estimate_message_tokens(message: Message) -> int:
@@ -313,9 +349,21 @@ class OpenAIModel:
         as long as the server counts no more than the estimate, and the default errs high
         for most tokenizers, so a fit that came out lower would trade that guarantee for a
         little room."""
-        default = self.default_estimate(messages, tools)
-        calibrated = self.calibrated_estimate(messages, tools)
-        return default if calibrated is None else max(default, calibrated)
+        calibration = self.calibration
+        if not calibration.calibrated:
+            return self.default_estimate(messages, tools)
+        # default_estimate and calibrated_estimate in one pass over the messages
+        default = 0
+        nbytes = 0
+        for message in messages:
+            tokens, size = message_sizes(message)
+            default += tokens
+            nbytes += size
+        for tool in tools:
+            size = self._tool_size(tool)
+            default += size // 4 + 8
+            nbytes += size
+        return max(default, calibration.tokens(nbytes, whole=bool(tools)))
 
     def default_estimate(self, messages: Sequence[Message], tools: Sequence[AnyTool] = ()) -> int:
         """The estimate before calibration: about four bytes per token, the same in every
@@ -543,13 +591,14 @@ class OpenAIModel:
         idle = self.idle_timeout
         gap_capped = idle is None or total < idle
         gap = total if gap_capped or idle is None else idle
-        async with contextlib.AsyncExitStack() as stack:
+        dog = watchdog()  # one timer for every wait of this attempt
+        opened = self._transport.post(self._url, self._headers, payload, timed=True)
+        entered = False
+        try:
             start = loop_time()
             try:
-                with within(_deadline(start, wait)) as scope:
-                    response = await stack.enter_async_context(
-                        self._transport.post(self._url, self._headers, payload, timed=True)
-                    )
+                with dog.until(_deadline(start, wait)) as scope:
+                    response = await opened.__aenter__()
             except NothingListeningError as exc:
                 raise NothingListeningError(
                     exc.message,
@@ -558,12 +607,13 @@ class OpenAIModel:
                 ) from None
             if scope.cancelled_caught:
                 raise _stalled("headers", wait, self._why(capped, generation))
+            entered = True
             if permit is not None:
                 permit.touch()
             headers = response.headers
             request_id = headers.get("x-trace-id") or headers.get("x-request-id")
             if response.status != 200:
-                with within(loop_time() + gap):
+                with dog.until(loop_time() + gap):
                     # read inline: a local holding the body would show a key the server echoed
                     # in any traceback rendered with its locals (the exception's text is redacted)
                     raise self._error(response.status, await response.read(), request_id, headers)
@@ -577,13 +627,13 @@ class OpenAIModel:
             first = wait
             if wait is not None:
                 wait = max(0.0, wait - (loop_time() - start))
-            # The yields below sit inside the exit stack, which holds no cancel scope; every
-            # caller closes this generator (contextlib.aclosing), so the response is released
-            # when the consumer stops, not when the generator is collected.
-            yield ResponseStarted(request_id, attempt, waited)  # noqa: ASYNC119
+            # The yields below hold no cancel scope (the watchdog is disarmed between waits);
+            # every caller closes this generator (contextlib.aclosing), so the response is
+            # released when the consumer stops, not when the generator is collected.
+            yield ResponseStarted(request_id, attempt, waited)
             if not sse:
                 raw = b""
-                with within(_deadline(loop_time(), wait, gap)) as scope:
+                with dog.until(_deadline(loop_time(), wait, gap)) as scope:
                     raw = await response.read()
                 if scope.cancelled_caught:
                     if wait is not None and wait > gap:
@@ -602,88 +652,100 @@ class OpenAIModel:
                         request_id=request_id,
                     ) from None
                 for delta in message_deltas(obj):
-                    yield delta  # noqa: ASYNC119
+                    yield delta
                 return
             chunks = response.iter_bytes()
-            stack.push_async_callback(_aclose, chunks)
-            receive = chunks.__anext__
-            decoder = SSEDecoder()
-            done = False
-            finished = False
-            bytes_since = False  # bytes but no data event since the last one (comments)
-            data_seen = False
-            out: list[Delta] = []
-            left = math.inf if wait is None else wait
-            current_time = loop_time
-            while True:
-                now = current_time()
-                try:
-                    with within(now + left) as scope:
-                        chunk = await receive()
-                except StopAsyncIteration:
-                    break
-                except StreamInterruptedError as exc:
-                    raise self._named_timeout(exc) from None
-                if scope.cancelled_caught:
-                    if data_seen:
-                        raise _stalled("gap", gap, self._why(gap_capped, None), bytes_since)
-                    raise _stalled("first", first, self._why(capped, generation), bytes_since)
-                events = decoder.feed(chunk)
-                if not events:
-                    left -= current_time() - now
-                    bytes_since = True
-                    continue
-                left = gap
-                bytes_since = False
-                data_seen = True
-                progress.anchor = clock.now()
-                for event in events:
+            try:
+                receive = chunks.__anext__
+                decoder = SSEDecoder()
+                done = False
+                finished = False
+                bytes_since = False  # bytes but no data event since the last one (comments)
+                data_seen = False
+                out: list[Delta] = []
+                left = math.inf if wait is None else wait
+                current_time = loop_time
+                while True:
+                    now = current_time()
+                    try:
+                        with dog.until(now + left) as scope:
+                            chunk = await receive()
+                    except StopAsyncIteration:
+                        break
+                    except StreamInterruptedError as exc:
+                        raise self._named_timeout(exc) from None
+                    if scope.cancelled_caught:
+                        if data_seen:
+                            raise _stalled("gap", gap, self._why(gap_capped, None), bytes_since)
+                        raise _stalled("first", first, self._why(capped, generation), bytes_since)
+                    events = decoder.feed(chunk)
+                    if not events:
+                        left -= current_time() - now
+                        bytes_since = True
+                        continue
+                    left = gap
+                    bytes_since = False
+                    data_seen = True
+                    progress.anchor = clock.now()
+                    for event in events:
+                        if event == DONE:
+                            done = True
+                            break
+                        chunk_deltas(parse_chunk(event), out)
+                    if out:
+                        for delta in out:
+                            if isinstance(delta, FinishDelta):
+                                finished = True
+                            yield delta
+                        out.clear()
+                    if done:
+                        # Read the body to its end (normally just the last empty chunk) so the
+                        # connection goes back to the pool; a failure now no longer matters.
+                        with (
+                            anyio.move_on_after(gap),
+                            contextlib.suppress(StreamInterruptedError),
+                        ):
+                            async for _ in chunks:
+                                pass
+                        if not finished:
+                            raise _cut_at_done(request_id)
+                        return
+                for event in decoder.flush():  # a last event without its blank line
                     if event == DONE:
                         done = True
                         break
                     chunk_deltas(parse_chunk(event), out)
-                if out:
-                    for delta in out:
-                        if isinstance(delta, FinishDelta):
-                            finished = True
-                        yield delta  # noqa: ASYNC119
-                    out.clear()
+                for delta in out:
+                    if isinstance(delta, FinishDelta):
+                        finished = True
+                    yield delta
                 if done:
-                    # Read the body to its end (normally just the last empty chunk) so the
-                    # connection goes back to the pool; a failure now no longer matters.
-                    with (
-                        anyio.move_on_after(gap),
-                        contextlib.suppress(StreamInterruptedError),
-                    ):
-                        async for _ in chunks:
-                            pass
                     if not finished:
                         raise _cut_at_done(request_id)
                     return
-            for event in decoder.flush():  # a last event without its blank line
-                if event == DONE:
-                    done = True
-                    break
-                chunk_deltas(parse_chunk(event), out)
-            for delta in out:
-                if isinstance(delta, FinishDelta):
-                    finished = True
-                yield delta  # noqa: ASYNC119
-            if done:
-                if not finished:
-                    raise _cut_at_done(request_id)
-                return
-            if not data_seen and not out:
-                raise _EmptyBodyError(
-                    "the server answered 200 with an empty body"
-                    + (" (keep-alive comments only)" if bytes_since else ""),
+                if not data_seen and not out:
+                    raise _EmptyBodyError(
+                        "the server answered 200 with an empty body"
+                        + (" (keep-alive comments only)" if bytes_since else ""),
+                        request_id=request_id,
+                    )
+                raise StreamInterruptedError(
+                    "the stream ended before [DONE]"
+                    + ("" if finished else " and before a finish_reason"),
                     request_id=request_id,
                 )
-            raise StreamInterruptedError(
-                "the stream ended before [DONE]"
-                + ("" if finished else " and before a finish_reason"),
-                request_id=request_id,
-            )
+            finally:
+                await _aclose(chunks)
+        except BaseException as exc:
+            if entered:  # the response's exit sees what ended the attempt, as ``async with``
+                entered = False
+                if await opened.__aexit__(type(exc), exc, exc.__traceback__):
+                    return
+            raise
+        finally:
+            dog.close()
+            if entered:
+                await opened.__aexit__(None, None, None)
 
     async def _unexpected(
         self, response: RawResponse, content_type: str, gap: float, request_id: str | None

@@ -27,28 +27,22 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        lines = buffer.split(b"\n")  # one C call for the whole read, not one find per line
+        self._buffer = lines.pop()  # the unfinished last line (b"" when the read ended a line)
         events: list[bytes] = []
-        start = 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
+        data = self._data
+        for line in lines:
+            if line[-1:] == b"\r":
                 line = line[:-1]
             if not line:
-                if self._data:
-                    events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                payload = line[5:]
-                if payload.startswith(b" "):
-                    payload = payload[1:]
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = self._data = []
+            elif line[:5] == b"data:":
+                payload = line[6:] if line[5:6] == b" " else line[5:]
                 if payload:  # an empty data line (a keep-alive of some servers) carries nothing
-                    self._data.append(payload)
+                    data.append(payload)
             # other fields (event:, id:, retry:) and comments (":") carry nothing for us
-        self._buffer = buffer[start:]
         return events
 
     def flush(self) -> list[bytes]:
@@ -161,6 +155,72 @@ def message_deltas(obj: Any) -> list[Delta]:
 
     Raises ``ProtocolError`` for a body of the wrong shape (no choices, no message, fields of
     another type), or the API error a ``200`` body carries."""
+    deltas = _plain_message_deltas(obj)
+    return deltas if deltas is not None else _checked_message_deltas(obj)
+
+
+def _plain_message_deltas(obj: Any) -> list[Delta] | None:
+    """The deltas of a body of the usual shape, each field checked as it is read (one pass);
+    None for anything else, which ``_checked_message_deltas`` then reads or names the problem
+    of. For every body it reads, it gives what that would."""
+    if type(obj) is not dict:
+        return None
+    choices = obj.get("choices")
+    if type(choices) is not list or not choices:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict:
+        return None
+    message = choice.get("message")
+    if type(message) is not dict:
+        return None
+    out: list[Delta] = []
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None:
+        if type(reasoning) is not str:
+            return None
+        out.append(ReasoningDelta(reasoning))
+    content = message.get("content")
+    if content is not None:
+        if type(content) is not str:
+            return None
+        if content:
+            out.append(TextDelta(content))
+    calls = message.get("tool_calls")
+    if calls:
+        if type(calls) is not list:
+            return None
+        for index, call in enumerate(calls):
+            if type(call) is not dict:
+                return None
+            fn = call.get("function") or {}
+            if type(fn) is not dict:
+                return None
+            call_id = call.get("id")
+            name = fn.get("name")
+            arguments = fn.get("arguments")
+            if (
+                (call_id is not None and type(call_id) is not str)
+                or (name is not None and type(name) is not str)
+                or (arguments is not None and type(arguments) is not str)
+            ):
+                return None
+            out.append(ToolCallDelta(index, call_id, name, arguments or ""))
+    reason = choice.get("finish_reason")
+    if reason is not None and type(reason) is not str:
+        return None
+    out.append(FinishDelta(reason))
+    usage = obj.get("usage") or choice.get("usage")
+    if usage:
+        try:  # what _usage_problem refuses, _usage raises on
+            out.append(UsageDelta(_usage(usage)))
+        except _SHAPE_ERRORS:
+            return None
+    return out
+
+
+def _checked_message_deltas(obj: Any) -> list[Delta]:
+    """``message_deltas`` the slow way: the whole body checked first, to name what is wrong."""
     if type(obj) is dict and "error" in obj and "choices" not in obj:
         raise error_from_response(500, obj)
     problem = _body_problem(obj)

@@ -12,7 +12,7 @@ import functools
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 import httpx2
@@ -80,6 +80,85 @@ class _Httpx2Response:
             raise APIConnectionError(
                 f"the connection broke while reading the response ({type(exc).__name__})"
             ) from None
+
+
+class _Post:
+    """One POST as an async context manager (a class, not ``@asynccontextmanager``: no
+    generator to start and finalise per request). It sends on the least loaded of the loop's
+    clients and counts itself in that client's load until the response is closed."""
+
+    __slots__ = (
+        "_body",
+        "_headers",
+        "_loads",
+        "_response",
+        "_shard",
+        "_timed",
+        "_transport",
+        "_url",
+    )
+
+    def __init__(
+        self,
+        transport: Httpx2Transport,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timed: bool,
+    ) -> None:
+        self._transport = transport
+        self._url = url
+        self._headers = headers
+        self._body = body
+        self._timed = timed
+        self._response: httpx2.Response | None = None
+        self._loads: list[int] | None = None
+        self._shard = 0
+
+    async def __aenter__(self) -> RawResponse:
+        transport = self._transport
+        pools = transport._pools
+        if pools.loop is not (loop := current_loop()):  # one identity check per request
+            pools = await transport._pools_for(loop)
+        loads = pools.in_flight
+        shard = loads.index(min(loads))
+        client = pools.clients[shard]
+        loads[shard] += 1
+        self._loads, self._shard = loads, shard
+        try:
+            request = client.build_request(
+                "POST", self._url, headers=self._headers, content=self._body
+            )
+            if self._timed:  # no read timeout: a buffered generation may be silent for minutes
+                request.extensions["timeout"] = {**request.extensions["timeout"], "read": None}
+            try:
+                self._response = await client.send(request, stream=True)
+            except httpx2.TransportError as exc:
+                # The message names the host, never the request headers (the key lives there).
+                if isinstance(exc, httpx2.ConnectError) and _refused(exc):
+                    raise NothingListeningError(
+                        f"connection refused by {request.url.host}:{request.url.port}"
+                    ) from None
+                raise APIConnectionError(
+                    f"could not reach {request.url.host}:{request.url.port} "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+        except BaseException:
+            self._release()
+            raise
+        return _Httpx2Response(self._response)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self._response is not None:
+                await self._response.aclose()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._loads is not None:
+            self._loads[self._shard] -= 1
+            self._loads = None
 
 
 def _refused(exc: BaseException) -> bool:
@@ -194,39 +273,10 @@ class Httpx2Transport:
             "and let agentloop own the connection pools (it builds them per loop)"
         )
 
-    @asynccontextmanager
-    async def post(
+    def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timed: bool = False
-    ) -> AsyncIterator[RawResponse]:
-        pools = self._pools
-        if pools.loop is not (loop := current_loop()):  # one identity check per request
-            pools = await self._pools_for(loop)
-        loads = pools.in_flight
-        shard = loads.index(min(loads))
-        client = pools.clients[shard]
-        loads[shard] += 1
-        try:
-            request = client.build_request("POST", url, headers=headers, content=body)
-            if timed:  # no read timeout: a buffered generation may be silent for many minutes
-                request.extensions["timeout"] = {**request.extensions["timeout"], "read": None}
-            try:
-                response = await client.send(request, stream=True)
-            except httpx2.TransportError as exc:
-                # The message names the host, never the request headers (the key lives there).
-                if isinstance(exc, httpx2.ConnectError) and _refused(exc):
-                    raise NothingListeningError(
-                        f"connection refused by {request.url.host}:{request.url.port}"
-                    ) from None
-                raise APIConnectionError(
-                    f"could not reach {request.url.host}:{request.url.port} "
-                    f"({type(exc).__name__}: {exc})"
-                ) from None
-            try:
-                yield _Httpx2Response(response)
-            finally:
-                await response.aclose()
-        finally:
-            loads[shard] -= 1
+    ) -> _Post:
+        return _Post(self, url, headers, body, timed)
 
     async def aclose(self) -> None:
         """Close this loop's pools (other loops' close when their loop ends)."""

@@ -14,7 +14,6 @@ import ssl
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 
 from ..errors import (
     APIConnectionError,
@@ -153,25 +152,10 @@ class AiohttpTransport:
             held = await self._session_for(loop)
         return held.session
 
-    @asynccontextmanager
-    async def post(
+    def post(
         self, url: str, headers: Mapping[str, str], body: bytes, *, timed: bool = False
-    ) -> AsyncIterator[RawResponse]:
-        session = await self._session()
-        try:
-            # items(): aiohttp iterates anything but a dict or multidict as pairs
-            response = await session.post(
-                url,
-                headers=headers.items(),
-                data=body,
-                timeout=self._timed if timed else self._timeout,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _unreachable(url, exc) from None
-        try:
-            yield _AiohttpResponse(response)
-        finally:
-            response.release()  # back to the pool when read to its end, else closed
+    ) -> _Post:
+        return _Post(self, url, headers, body, self._timed if timed else self._timeout)
 
     async def get(self, url: str, headers: Mapping[str, str]) -> bytes:
         """GET a small JSON resource (``/models``): the body of a 200, else an APIError."""
@@ -192,6 +176,44 @@ class AiohttpTransport:
             if held is not None and held.loop is loop and held.closer is not None:
                 await held.closer.aclose()  # runs its finally: closes the session
                 return
+
+
+class _Post:
+    """One POST as an async context manager: the response, released on exit (back to the pool
+    when read to its end, else closed). A class, not ``@asynccontextmanager``: no generator to
+    start and finalise per request."""
+
+    __slots__ = ("_body", "_headers", "_response", "_timeout", "_transport", "_url")
+
+    def __init__(
+        self,
+        transport: AiohttpTransport,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        self._transport = transport
+        self._url = url
+        self._headers = headers
+        self._body = body
+        self._timeout = timeout
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> RawResponse:
+        session = await self._transport._session()
+        try:
+            # items(): aiohttp iterates anything but a dict or multidict as pairs
+            self._response = await session.post(
+                self._url, headers=self._headers.items(), data=self._body, timeout=self._timeout
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _unreachable(self._url, exc) from None
+        return _AiohttpResponse(self._response)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._response is not None:
+            self._response.release()
 
 
 def _unreachable(url: str, exc: BaseException) -> APIConnectionError:
