@@ -1,21 +1,27 @@
 """Deadlines for the per-request waits, cheap on asyncio.
 
 Every model call waits under two or more deadlines (headers, body or each stream gap) and every
-tool call under one. ``anyio.CancelScope`` costs about 8 µs of CPU each on asyncio and
-``anyio.current_time`` 0.8 µs, which at a few thousand calls a second is a measurable part of
-the client's cost (bench/step_overhead). On asyncio ``within`` arms one loop timer that cancels
-the task, and takes back only its own cancellation; under any other backend it is an anyio
-cancel scope. Both expose ``cancelled_caught`` as a cancel scope does.
+tool call under one. ``anyio.CancelScope`` costs about 8 µs of CPU each on asyncio, and even a
+bare asyncio timer is a dozen Python calls (``TimerHandle``, the heap, its cancellation), which
+at a few thousand calls a second is a measurable part of the client's cost
+(bench/step_overhead). So on asyncio a ``Watchdog`` guards a task's successive waits with one
+loop timer that cancels the task and takes back only its own cancellation, moved only when a
+wait's deadline comes sooner than the one armed; inside ``run_watchdog()`` (a run) the model
+attempts and tool calls all share one. Under any other backend each wait is an anyio cancel
+scope. Both expose ``cancelled_caught`` as a cancel scope does.
 
 A cancellation from outside (an enclosing anyio scope, ``task.cancel()``) always propagates:
-the guard swallows a ``CancelledError`` only when its timer fired and no other cancellation
-of the task is pending.
+a wait swallows a ``CancelledError`` only when its own deadline fired and no other
+cancellation of the task is pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Protocol
 
@@ -36,55 +42,25 @@ class Guard(Protocol):
     ) -> bool | None: ...
 
 
-class _AsyncioGuard:
-    __slots__ = ("_deadline", "_fired", "_handle", "_task", "cancelled_caught")
-
-    def __init__(self, deadline: float, task: asyncio.Task[object]) -> None:
-        self._deadline = deadline
-        self._task = task
-        self._handle: asyncio.TimerHandle | None = None
-        self._fired = False
-        self.cancelled_caught = False
-
-    def __enter__(self) -> _AsyncioGuard:
-        if self._deadline != math.inf:
-            self._handle = self._task.get_loop().call_at(self._deadline, self._fire)
-        return self
-
-    def _fire(self) -> None:
-        # a loop callback: the task is suspended inside the block, so the CancelledError this
-        # sends is raised at the await it is suspended at, inside the block
-        self._handle = None
-        self._fired = True
-        self._task.cancel()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if not self._fired:
-            return False
-        # ours to take back; swallowed only if nobody else has asked to cancel the task too
-        if self._task.uncancel() == 0 and isinstance(exc, asyncio.CancelledError):
-            self.cancelled_caught = True
-            return True
-        return False
-
-
 class _AsyncioWatchdog:
     """One task's successive waits (a model attempt's headers, body, each stream gap) under one
     loop timer. A wait sets its deadline; the timer is moved only when that comes sooner than
     the one armed, and a timer that fires early for a later deadline (a stream that had news)
     re-arms itself. A stream of a thousand chunks costs one or two timers, not a thousand."""
 
-    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task", "_when", "cancelled_caught")
+    __slots__ = (
+        "_deadline",
+        "_fired",
+        "_handle",
+        "_loop",
+        "_shared",
+        "_task",
+        "_when",
+        "cancelled_caught",
+    )
 
-    def __init__(self, task: asyncio.Task[object]) -> None:
+    def __init__(self, task: asyncio.Task[object], *, shared: bool = False) -> None:
+        self._shared = shared  # a run's: its borrowers' close() leaves the timer armed
         self._task = task
         self._loop = task.get_loop()
         self._handle: asyncio.TimerHandle | None = None
@@ -141,7 +117,11 @@ class _AsyncioWatchdog:
         return False
 
     def close(self) -> None:
-        """Cancel the timer (the attempt is over)."""
+        """The waits are over: cancel the timer (a run's watchdog keeps it for the next)."""
+        if not self._shared:
+            self._close()
+
+    def _close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -173,25 +153,45 @@ class Watchdog(Protocol):
 
 def watchdog() -> Watchdog:
     """A ``Watchdog`` for the current task: ``until(deadline)`` guards one wait, as ``within``
-    does; ``close()`` when the waits are over."""
+    does; ``close()`` when the waits are over. Inside ``run_watchdog()`` it is the run's
+    (unless that one is in a wait: a tool that runs a model call of its own gets a new one)."""
     try:
         task = asyncio.current_task()
     except RuntimeError:
         task = None
     if task is None:
         return _ScopeWatchdog()
+    dog = _RUN_WATCHDOG.get()
+    if dog is not None and dog._task is task and dog._deadline == math.inf:
+        return dog
     return _AsyncioWatchdog(task)
 
 
-def within(deadline: float) -> Guard:
-    """A guard that stops the block at ``deadline`` (on ``now()``'s clock; ``math.inf``: never)."""
+# the watchdog of the run in this task (a child task inherits it, and does not use it)
+_RUN_WATCHDOG: contextvars.ContextVar[_AsyncioWatchdog | None] = contextvars.ContextVar(
+    "agentloop_run_watchdog", default=None
+)
+
+
+@contextlib.contextmanager
+def run_watchdog() -> Iterator[None]:
+    """A run: its model attempts and tool calls, one after another in this task, share one
+    watchdog and so one loop timer, re-armed about once a tool timeout rather than twice a
+    step (each timer is a dozen Python calls in asyncio)."""
     try:
         task = asyncio.current_task()
     except RuntimeError:
         task = None
     if task is None:
-        return anyio.CancelScope(deadline=deadline)
-    return _AsyncioGuard(deadline, task)
+        yield
+        return
+    dog = _AsyncioWatchdog(task, shared=True)
+    token = _RUN_WATCHDOG.set(dog)
+    try:
+        yield
+    finally:
+        _RUN_WATCHDOG.reset(token)
+        dog._close()
 
 
 def now() -> float:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from . import events as ev
+from ._deadline import run_watchdog
 from ._journal import CallRecord, Journal
 from .budget import CallKind, Spent, context_line, fit_call
 from .errors import AgentloopError, ContextLengthError, EstimatedUsageWarning
@@ -211,6 +212,10 @@ class Run:
 
     # -- the run -----------------------------------------------------------------------------
     async def drive(self, task: str) -> RunResult:
+        with run_watchdog():  # the run's waits share one loop timer
+            return await self._drive(task)
+
+    async def _drive(self, task: str) -> RunResult:
         await self.emit(ev.RunStarted(task, self.model.name))
         ending = await self._guarded(self._loop)
         if ending.stop not in ("completed", "cancelled", "error"):
@@ -612,8 +617,9 @@ class Run:
             for call in calls:
                 s.messages.append(_tool_message(call, "Error: no more tool calls are allowed."))
             return
-        self.pending = [c for c in calls if self._asks_approval(c)]
-        calls = [c for c in calls if c not in self.pending]  # the others run now
+        if self.agent.toolbox.asks_approval:
+            self.pending = [c for c in calls if self._asks_approval(c)]
+            calls = [c for c in calls if c not in self.pending]  # the others run now
         for call in calls if self.listening else ():
             fn = call["function"]
             shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
@@ -874,6 +880,7 @@ class Window:
         self.step = step  # the step the edit comes before
         self.messages = run.state.messages
         self.call_usage = Usage()
+        self._limit: tuple[int, int] | None = None  # (the window it was for, the line)
 
     @property
     def tokens(self) -> int:
@@ -882,13 +889,17 @@ class Window:
     @property
     def limit(self) -> int:
         run = self._run
-        return context_line(
-            run.budget,
-            context_window=run.model.context_window,
-            step_tokens=run.agent.step_tokens,
-            floor=run.model.min_max_tokens,
-            final_prompt=run.final_prompt_tokens,
-        )
+        window = run.model.context_window  # a strategy's call may teach the model a smaller one
+        if self._limit is None or self._limit[0] != window:
+            line = context_line(
+                run.budget,
+                context_window=window,
+                step_tokens=run.agent.step_tokens,
+                floor=run.model.min_max_tokens,
+                final_prompt=run.final_prompt_tokens,
+            )
+            self._limit = (window, line)
+        return self._limit[1]
 
     @property
     def window(self) -> int:

@@ -36,7 +36,7 @@ from jsonschema import Draft202012Validator
 
 from . import _json
 from ._deadline import now as loop_time
-from ._deadline import within
+from ._deadline import watchdog
 from ._fastcheck import compile_check
 from ._journal import Journal
 from .errors import ConfigurationError
@@ -640,6 +640,8 @@ class Toolbox:
                 continue
             tools[t.name] = t
         self.tools = tools
+        # whether any call may have to wait for a person (else a step skips asking each tool)
+        self.asks_approval = any(t.needs_approval is not False for t in tools.values())
         specs: list[AnyTool] = [t.spec for t in tools.values()]
         specs.extend(self.builtins.values())
         self._specs = specs
@@ -656,16 +658,16 @@ class Toolbox:
         each tool's failures in a row across the run. The journal runs each call of a tool
         (or, resuming a durable run, gives back its recorded outcome)."""
         journal = journal or Journal(self.now)
+        if len(calls) == 1:  # the common single call: no task group, no closure
+            outcomes[0] = await self._execute(calls[0], failures, journal)
+            return
 
         async def run_one(index: int) -> None:
             outcomes[index] = await self._execute(calls[index], failures, journal)
 
-        if len(calls) == 1:
-            await run_one(0)  # no task group for the common single call
-        else:
-            async with anyio.create_task_group() as group:
-                for index in range(len(calls)):
-                    group.start_soon(run_one, index)
+        async with anyio.create_task_group() as group:
+            for index in range(len(calls)):
+                group.start_soon(run_one, index)
 
     async def _execute(
         self, call: dict[str, Any], failures: dict[str, int], journal: Journal
@@ -711,13 +713,19 @@ class Toolbox:
             return problem
         assert arguments is not None
         limit = target.timeout_s
-        with within(math.inf if limit is None else loop_time() + limit) as timer:
-            try:
-                value = await target.invoke(arguments)
-            except Exception as exc:  # its own failure (its own TimeoutError too) goes back
-                return ToolOutcome(
-                    f"Error: {target.name} raised {type(exc).__name__}: {exc}", False, "exception"
-                )
+        dog = watchdog()
+        try:
+            with dog.until(math.inf if limit is None else loop_time() + limit) as timer:
+                try:
+                    value = await target.invoke(arguments)
+                except Exception as exc:  # its own failure (its own TimeoutError too) goes back
+                    return ToolOutcome(
+                        f"Error: {target.name} raised {type(exc).__name__}: {exc}",
+                        False,
+                        "exception",
+                    )
+        finally:
+            dog.close()
         if timer.cancelled_caught:
             return ToolOutcome(
                 f"Error: {target.name} timed out after {target.timeout_s:g}s.", False, "timeout"

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import anyio
 import pytest
 
-from agentloop._deadline import now, watchdog, within
+from agentloop import Agent, _deadline, tool
+from agentloop._deadline import now, run_watchdog, watchdog
+from agentloop.sim import ToolLoopPolicy
+
+from .conftest import kimi
 
 pytestmark = pytest.mark.anyio
 
 
+@tool
+async def echo(text: str) -> str:
+    """Echo.
+
+    Args:
+        text: what to echo.
+    """
+    return text
+
+
 async def test_a_guard_stops_its_block_at_the_deadline_and_says_so() -> None:
     start = now()
-    with within(now() + 0.05) as guard:
+    with watchdog().until(now() + 0.05) as guard:
         await asyncio.sleep(5)
     assert guard.cancelled_caught
     assert 0.04 < now() - start < 1
@@ -24,12 +39,12 @@ async def test_a_guard_stops_its_block_at_the_deadline_and_says_so() -> None:
 
 async def test_a_block_done_in_time_is_untouched_and_leaves_no_timer() -> None:
     loop = asyncio.get_running_loop()
-    with within(now() + 0.05) as guard:
+    with watchdog().until(now() + 0.05) as guard:
         await asyncio.sleep(0)
     assert not guard.cancelled_caught
     await asyncio.sleep(0.1)  # past the deadline: the timer was cancelled, nothing arrives
     assert not guard.cancelled_caught
-    with within(math.inf) as forever:
+    with watchdog().until(math.inf) as forever:
         await asyncio.sleep(0)
     assert not forever.cancelled_caught and loop.time() > 0
 
@@ -37,7 +52,7 @@ async def test_a_block_done_in_time_is_untouched_and_leaves_no_timer() -> None:
 async def test_an_outer_anyio_cancel_goes_through_even_when_both_fire_together() -> None:
     deadline = now() + 0.05
     with anyio.CancelScope(deadline=deadline) as outer:
-        with within(deadline) as guard:
+        with watchdog().until(deadline) as guard:
             await asyncio.sleep(5)
         pytest.fail("the outer scope's cancellation was swallowed")  # pragma: no cover
     assert outer.cancelled_caught
@@ -46,7 +61,7 @@ async def test_an_outer_anyio_cancel_goes_through_even_when_both_fire_together()
 
 async def test_an_outer_cancel_scope_cancelled_early_is_not_taken_for_the_guard() -> None:
     with anyio.CancelScope() as outer:
-        with within(now() + 5) as guard:
+        with watchdog().until(now() + 5) as guard:
             outer.cancel()
             await asyncio.sleep(5)
     assert outer.cancelled_caught and not guard.cancelled_caught
@@ -56,7 +71,7 @@ async def test_task_cancel_from_outside_propagates() -> None:
     reached = asyncio.Event()
 
     async def body() -> None:
-        with within(now() + 5):
+        with watchdog().until(now() + 5):
             reached.set()
             await asyncio.sleep(5)
 
@@ -69,15 +84,15 @@ async def test_task_cancel_from_outside_propagates() -> None:
 
 async def test_nested_guards_the_outer_one_catches_when_both_fire() -> None:
     deadline = now() + 0.05
-    with within(deadline) as outer:
-        with within(deadline) as inner:
+    with watchdog().until(deadline) as outer:
+        with watchdog().until(deadline) as inner:
             await asyncio.sleep(5)
         pytest.fail("the outer guard's cancellation was swallowed")  # pragma: no cover
     assert outer.cancelled_caught and not inner.cancelled_caught
 
 
 async def test_errors_inside_pass_through() -> None:
-    with pytest.raises(KeyError), within(now() + 5):
+    with pytest.raises(KeyError), watchdog().until(now() + 5):
         raise KeyError("x")
 
 
@@ -86,7 +101,7 @@ def test_under_trio_it_is_an_anyio_cancel_scope() -> None:
     pytest.importorskip("trio")
 
     async def main() -> bool:
-        with within(now() + 0.05) as guard:
+        with watchdog().until(now() + 0.05) as guard:
             await anyio.sleep(5)
         return guard.cancelled_caught
 
@@ -197,3 +212,51 @@ async def test_a_watchdog_used_from_another_task_cancels_that_task() -> None:
     assert await asyncio.ensure_future(elsewhere())
     await asyncio.sleep(0.1)  # this task was not cancelled by the other's deadline
     dog.close()
+
+
+async def test_a_runs_waits_share_its_watchdog_and_nested_ones_get_their_own() -> None:
+    loop = asyncio.get_running_loop()
+    before = _timers(loop)
+    with run_watchdog():
+        first = watchdog()
+        with first.until(now() + 30):
+            nested = watchdog()  # e.g. a tool that makes a model call of its own
+            assert nested is not first
+            with nested.until(now() + 0.05) as inner:
+                await asyncio.sleep(5)
+            nested.close()
+            assert inner.cancelled_caught
+        first.close()  # a borrower's close leaves the run's timer armed
+        assert watchdog() is first
+        assert _timers(loop) - before == 1
+
+        async def child() -> bool:
+            return watchdog() is first
+
+        assert not await asyncio.ensure_future(child())  # another task: its own
+        with watchdog().until(now() + 0.05) as later:  # the armed timer is re-armed sooner
+            await asyncio.sleep(5)
+        assert later.cancelled_caught
+    assert _timers(loop) == before  # the run's end cancels its timer
+    assert watchdog() is not first
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_run_over_http_makes_one_watchdog_for_all_its_waits(
+    sim_factory: Any, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """Ten steps of model calls and tool calls: every header, body, stream-gap and tool wait
+    is guarded, and all of them by the run's one watchdog."""
+    made: list[object] = []
+    init = _deadline._AsyncioWatchdog.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(_deadline._AsyncioWatchdog, "__init__", counting)
+    sim = await sim_factory(policy=ToolLoopPolicy(steps=10))
+    agent = Agent(kimi(sim, stream=stream, thinking=False), tools=[echo])
+    result = await agent.run("go")
+    assert result.ok and len(result.steps) == 11
+    assert len(made) == 1

@@ -77,6 +77,10 @@ def _kimi_message(message: Message, thinking: bool) -> Message:
     return fixed
 
 
+def _is_web_search(tool: AnyTool) -> bool:
+    return isinstance(tool, BuiltinTool) and tool.name == WEB_SEARCH.name
+
+
 class KimiModel(OpenAIModel):
     """The Kimi chat-completions client. Defaults come from ``MOONSHOT_API_KEY`` and
     ``MOONSHOT_BASE_URL`` (else the international endpoint)."""
@@ -144,6 +148,7 @@ class KimiModel(OpenAIModel):
             int, tuple[Sequence[Message], bool, list[Message], list[Message]]
         ] = OrderedDict()
         self._checked_tools: tuple[AnyTool, ...] | None = None  # the last list found valid
+        self._thinking_memo: tuple[object, bool] = (None, False)  # (the last request, its answer)
 
     def _missing_key_message(self) -> str:
         return (
@@ -193,9 +198,12 @@ class KimiModel(OpenAIModel):
     def thinking_for(self, request: ModelRequest) -> bool:
         if request.thinking is not None:
             return request.thinking
-        if any(isinstance(t, BuiltinTool) and t.name == WEB_SEARCH.name for t in request.tools):
-            return False  # $web_search is not supported together with thinking (seed 000)
-        return self.thinking
+        if request is self._thinking_memo[0]:  # asked three times while building one body
+            return self._thinking_memo[1]
+        # $web_search is not supported together with thinking (seed 000)
+        thinking = self.thinking and not any(_is_web_search(t) for t in request.tools)
+        self._thinking_memo = (request, thinking)
+        return thinking
 
     def max_tokens_for(self, request: ModelRequest, input_estimate: int) -> int:
         wanted = request.max_tokens or self.default_max_tokens
