@@ -62,6 +62,14 @@ class SecretHeaders(Mapping[str, str]):
     def __len__(self) -> int:
         return len(self._headers) + (self._secret is not None)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """The headers as (name, value) pairs, the key in them made now: what an HTTP library
+        takes in one C call, rather than reading this mapping item by item."""
+        pairs = list(self._headers.items())
+        if self._secret is not None:
+            pairs.append(("Authorization", f"Bearer {self._secret.reveal()}"))
+        return pairs
+
     def __repr__(self) -> str:
         shown = dict(self._headers)
         if self._secret is not None:

@@ -130,6 +130,8 @@ def test_a_secret_shows_nothing_of_itself() -> None:
     headers = SecretHeaders({"Accept": "text/event-stream"}, secret)
     assert CANARY not in repr(secret) + str(secret) + repr(headers) + str(headers)
     assert dict(headers)["Authorization"] == f"Bearer {CANARY}"  # what the transport reads
+    assert headers.pairs() == list(dict(headers).items())  # the same, in one call
+    assert SecretHeaders({"A": "b"}, None).pairs() == [("A", "b")]
     assert redact(f"bad key {CANARY}!") == "bad key [redacted key]!"
     with pytest.raises(TypeError):
         pickle.dumps(secret)

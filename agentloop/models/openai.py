@@ -510,26 +510,27 @@ class OpenAIModel:
                 output = 0  # characters of output, for the estimate if no usage comes
                 calls = 0
                 async with contextlib.aclosing(attempt_deltas):  # closed at once when we stop
-                    async for delta in attempt_deltas:
-                        kind = type(delta)
-                        if kind is TextDelta or kind is ReasoningDelta:
-                            output += len(delta.text)  # type: ignore[union-attr]
-                        elif kind is ToolCallDelta:
-                            output += len(delta.arguments)  # type: ignore[union-attr]
-                            if delta.name:  # type: ignore[union-attr]
-                                calls += 1
-                        elif kind is UsageDelta:
-                            usage = delta.usage  # type: ignore[union-attr]
-                            billed = usage.total_tokens
-                            reported = True
-                            self._reports += 1
-                            # every report until the fit has settled, then one in 16: measuring
-                            # a prompt scans the whole body, which grows with the history
-                            if self.calibration.observations < 64 or self._reports % 16 == 0:
-                                self.calibration.observe(
-                                    prompt_bytes(body, payload), usage.input_tokens
-                                )
-                        yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
+                    async for batch in attempt_deltas:
+                        for delta in batch:
+                            kind = type(delta)
+                            if kind is TextDelta or kind is ReasoningDelta:
+                                output += len(delta.text)  # type: ignore[union-attr]
+                            elif kind is ToolCallDelta:
+                                output += len(delta.arguments)  # type: ignore[union-attr]
+                                if delta.name:  # type: ignore[union-attr]
+                                    calls += 1
+                            elif kind is UsageDelta:
+                                usage = delta.usage  # type: ignore[union-attr]
+                                billed = usage.total_tokens
+                                reported = True
+                                self._reports += 1
+                                # every report until the fit has settled, then one in 16:
+                                # measuring a prompt scans a body that grows with the history
+                                if self.calibration.observations < 64 or self._reports % 16 == 0:
+                                    self.calibration.observe(
+                                        prompt_bytes(body, payload), usage.input_tokens
+                                    )
+                            yield delta  # noqa: ASYNC119 (no cancel scope: see _attempt)
                 if not reported:
                     usage = Usage(
                         input_tokens=input_estimate,
@@ -574,11 +575,12 @@ class OpenAIModel:
         permit: AdmissionPermit | None,
         progress: _Progress,
         first_wait: tuple[float | None, bool],
-    ) -> AsyncGenerator[Delta, None]:
-        """One request. Every wait for the server runs under a cancel scope of its own (never
-        across a yield, so the caller's time between deltas is never counted): the first data
-        must come within the first-byte wait, each later data event within ``idle_timeout``,
-        and neither wait runs past what is left of ``RetryPolicy.max_total_s``."""
+    ) -> AsyncGenerator[list[Delta], None]:
+        """One request, its deltas in batches (what one read of the body gave). Every wait for
+        the server runs under the watchdog (never across a yield, so the caller's time between
+        deltas is never counted): the first data must come within the first-byte wait, each
+        later data event within ``idle_timeout``, and neither wait runs past what is left of
+        ``RetryPolicy.max_total_s``."""
         waited = permit.waited if permit is not None else 0.0
         clock = self.clock
         scale = _real_seconds(clock)
@@ -630,7 +632,7 @@ class OpenAIModel:
             # The yields below hold no cancel scope (the watchdog is disarmed between waits);
             # every caller closes this generator (contextlib.aclosing), so the response is
             # released when the consumer stops, not when the generator is collected.
-            yield ResponseStarted(request_id, attempt, waited)
+            yield [ResponseStarted(request_id, attempt, waited)]
             if not sse:
                 raw = b""
                 with dog.until(_deadline(loop_time(), wait, gap)) as scope:
@@ -651,8 +653,7 @@ class OpenAIModel:
                         f"the response body is not valid JSON: {_head(raw)!r}",
                         request_id=request_id,
                     ) from None
-                for delta in message_deltas(obj):
-                    yield delta
+                yield message_deltas(obj)
                 return
             chunks = response.iter_bytes()
             try:
@@ -694,19 +695,19 @@ class OpenAIModel:
                         chunk_deltas(parse_chunk(event), out)
                     if out:
                         for delta in out:
-                            if isinstance(delta, FinishDelta):
+                            if type(delta) is FinishDelta:
                                 finished = True
-                            yield delta
-                        out.clear()
+                        yield out
+                        out = []
                     if done:
                         # Read the body to its end (normally just the last empty chunk) so the
                         # connection goes back to the pool; a failure now no longer matters.
-                        with (
-                            anyio.move_on_after(gap),
-                            contextlib.suppress(StreamInterruptedError),
-                        ):
-                            async for _ in chunks:
-                                pass
+                        try:
+                            with dog.until(current_time() + gap):
+                                async for _ in chunks:
+                                    pass
+                        except StreamInterruptedError:
+                            pass
                         if not finished:
                             raise _cut_at_done(request_id)
                         return
@@ -716,9 +717,10 @@ class OpenAIModel:
                         break
                     chunk_deltas(parse_chunk(event), out)
                 for delta in out:
-                    if isinstance(delta, FinishDelta):
+                    if type(delta) is FinishDelta:
                         finished = True
-                    yield delta
+                if out:
+                    yield out
                 if done:
                     if not finished:
                         raise _cut_at_done(request_id)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import httpx2
 
+from .._secret import SecretHeaders
 from ..errors import (
     APIConnectionError,
     ConfigurationError,
@@ -125,9 +126,13 @@ class _Post:
         client = pools.clients[shard]
         loads[shard] += 1
         self._loads, self._shard = loads, shard
+        headers = self._headers
         try:
             request = client.build_request(
-                "POST", self._url, headers=self._headers, content=self._body
+                "POST",
+                self._url,
+                headers=headers.pairs() if isinstance(headers, SecretHeaders) else headers,
+                content=self._body,
             )
             if self._timed:  # no read timeout: a buffered generation may be silent for minutes
                 request.extensions["timeout"] = {**request.extensions["timeout"], "read": None}
