@@ -10,19 +10,39 @@ of ``bench/contenders.py``, but with agentloop's default retries, which these fa
 the warm-up, then each finished run is followed by another), then the runs in flight finish
 (the drain) and the model is closed.
 
-Every few seconds the client samples itself: RSS, open file descriptors, asyncio tasks, its
-TCP connections to the simulator by state, gc-tracked objects, runs finished and failed, CPU.
-The table compares the samples after warm-up (the first ``--warmup`` share of the time is
-dropped): RSS at warm-up's end and at the end; for fds, tasks and connections the maximum of
-the first third against that of the last third, for the objects (which swing with what the
-runs in flight hold) the medians of the thirds; each with its least-squares slope per minute.
-"flat" means RSS grew by at most 5%, objects and tasks by at most 5%, fds and connections by
-at most a small slack, and nothing was left after the close; otherwise "GROWS" names what
-grew. ``--trace`` adds tracemalloc (slow) and prints the allocation sites that grew most
-between warm-up's end and the end.
+Every few seconds the client samples itself: RSS, malloc's bytes in use (glibc's ``mallinfo2``:
+``uordblks + hblkhd``), gc-tracked objects, then glibc's ``malloc_trim(0)`` and RSS again
+("trimmed": what the process holds once malloc has handed its free pages back; the trim costs
+about a millisecond, 0.02% of the client's CPU), open file descriptors, asyncio tasks, its TCP
+connections to the simulator by state, runs finished and failed, CPU. A full ``gc.collect()``
+costs ~0.3 s at 400K objects, too much for every sample: it runs at the censuses only (before
+the runs, at warm-up's end, at the end, after the drain, after the close), which give what is
+live there. As every sample trims, raw RSS is what the process regrew to in the seconds since
+the last trim; ``--no-trim`` gives an untrimmed process's RSS instead (and no trimmed figure).
+
+The samples after warm-up (the first ``--warmup`` share of the time is dropped) are cut in
+thirds. The amounts (raw RSS, trimmed RSS, malloc in use, objects: they swing by ±5% with what
+the runs in flight hold) are compared by the medians of the thirds; fds and connections (bounded
+by the pool) by the maxima; tasks by the minima, the floor (they swing by a quarter: aiohttp
+writes each request body in a task of its own; a task that never ends raises the floor). Each
+also gets its least-squares slope per minute. The verdict (``verdict()``):
+
+* an amount **grew** when the last third's median exceeds the first third's by more than 5%
+  (``SLACK``) and the middle third's by more than a quarter of that: a leak at a steady rate
+  passes both, a warm-up that levelled off by the middle third does not;
+* **GROWS** when malloc's bytes in use, the objects or the trimmed RSS grew (memory that is
+  held: a leak), when fds, connections or tasks grew by more than max(8, 3%), or when a
+  connection, a task or an fd is left after the close; raw RSS that grew is named with them;
+* **flat** otherwise. Raw RSS that grew while trimmed RSS, malloc in use and the objects stayed
+  flat is free memory malloc keeps (its high-water mark, fragmentation), not a leak: the verdict
+  is ``flat (fragmentation: RSS +N% raw, in use flat)``. Where one of the three is not measured
+  (no glibc, ``--no-trim``) it cannot vouch, and raw RSS that grew is GROWS.
+
+``--trace`` adds tracemalloc (slow) and prints the allocation sites that grew most between
+warm-up's end and the end.
 
     python -m bench soak [--seconds 180] [--concurrency 2000] [--transport httpx2 aiohttp]
-                         [--latency 0.2] [--faults SPEC] [--trace] [--json FILE]
+                         [--latency 0.2] [--faults SPEC] [--no-trim] [--trace] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,9 +74,18 @@ STEPS = 10  # model calls per run: nine tool calls, then the answer
 # a few % of requests, all retryable: reset before the response, a stream cut mid-body, 500,
 # 429 with Retry-After: 1, and a stream that stalls after half its answer
 FAULTS = "reset=0.01,cut=0.01,500=0.01,429=0.01,stall=0.005"
-RSS_SLACK = 0.05  # "flat": RSS grew by at most this share after warm-up
-COUNTS = ("fds", "tasks", "conns", "objects")
-AMOUNTS = ("objects",)  # compared by the median of a third, the counts by its maximum
+SLACK = 0.05  # "flat": an amount's last-third median within 5% of its first-third median
+# amounts, compared by the median of a third: raw RSS, RSS after malloc_trim(0), malloc's bytes
+# in use and the gc-tracked objects
+AMOUNTS = ("rss_mb", "rss_trim_mb", "heap_mb", "objects")
+IN_USE = ("rss_trim_mb", "heap_mb", "objects")  # flat, they make raw RSS growth fragmentation
+COUNTS = ("fds", "tasks", "conns")  # compared by the maxima of thirds, tasks by the minima
+LABELS = {
+    "rss_mb": "RSS raw MB",
+    "rss_trim_mb": "RSS trimmed MB",
+    "heap_mb": "malloc in use MB",
+    "objects": "objects",
+}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TCP_STATES = {
     "01": "established",
@@ -158,6 +188,42 @@ def _mallinfo() -> Any:
 _MALLINFO = _mallinfo()
 
 
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None elsewhere): hands malloc's free pages back to the kernel."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+class _Cost:
+    """The CPU seconds the sampler's ``malloc_trim(0)`` calls have cost so far."""
+
+    cpu_s = 0.0
+
+
+def _trimmed_rss_mb() -> tuple[float | None, float]:
+    """``malloc_trim(0)`` (glibc hands every whole free page of its heaps back to the kernel),
+    then RSS: what the process holds without malloc's free pages. None without glibc's
+    ``malloc_trim``; and the trim's ms."""
+    if _MALLOC_TRIM is None:
+        return None, 0.0
+    cpu = time.process_time()
+    began = time.perf_counter()
+    _MALLOC_TRIM(0)
+    rss = _rss_mb()
+    took = time.perf_counter() - began
+    _Cost.cpu_s += time.process_time() - cpu
+    return rss, took * 1e3
+
+
 def _heap_mb() -> float:
     """Bytes malloc has handed out and not had back (the large buffers: request bodies, read
     chunks; Python's small objects live in pymalloc's own arenas and are counted by
@@ -213,8 +279,20 @@ def _tcp_to(port: int, ours: set[str]) -> collections.Counter[str]:
     return states
 
 
-def _census(port: int) -> dict[str, Any]:
-    """What the counts are made of: fd kinds, TCP states, the tasks by coroutine."""
+def _census(port: int, trim: bool = True) -> dict[str, Any]:
+    """What the counts are made of: fd kinds, TCP states, the tasks by coroutine, the objects by
+    type; first a full ``gc.collect()`` (too slow for every sample: ~0.3 s at 400K objects), so
+    that the objects, malloc in use and trimmed RSS here are what is live, not garbage."""
+    began = time.perf_counter()
+    gc.collect()
+    collect_ms = (time.perf_counter() - began) * 1e3
+    rss_trimmed, _ = _trimmed_rss_mb() if trim else (None, 0.0)
+    live = {
+        "collect_ms": round(collect_ms, 1),
+        "objects": len(gc.get_objects()),
+        "heap_mb": round(_heap_mb(), 2),
+        "rss_trim_mb": None if rss_trimmed is None else round(rss_trimmed, 2),
+    }
     _, kinds, sockets = _fd_kinds()
     coros = collections.Counter(
         getattr(t.get_coro(), "__qualname__", type(t.get_coro()).__name__)
@@ -226,6 +304,7 @@ def _census(port: int) -> dict[str, Any]:
         "tcp": dict(_tcp_to(port, sockets)),
         "tasks": dict(coros.most_common(12)),
         "types": dict(types.most_common(300)),  # gc-tracked objects by type
+        "live": live,
     }
 
 
@@ -240,22 +319,31 @@ class _Tally:
         self.errors: collections.Counter[str] = collections.Counter()
 
 
-def _sample(t: float, phase: str, port: int, tally: _Tally, lag: float) -> dict[str, Any]:
+def _sample(
+    t: float, phase: str, port: int, tally: _Tally, lag: float, trim: bool = True
+) -> dict[str, Any]:
+    rss = _rss_mb()  # raw: before the trim
+    heap = _heap_mb()
+    objects = len(gc.get_objects())
+    rss_trimmed, trim_ms = _trimmed_rss_mb() if trim else (None, 0.0)
     fds, _, sockets = _fd_kinds()
     tcp = _tcp_to(port, sockets)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "t": round(t, 3),
         "phase": phase,
-        "rss_mb": round(_rss_mb(), 2),
-        "heap_mb": round(_heap_mb(), 2),
+        "rss_mb": round(rss, 2),
+        "rss_trim_mb": None if rss_trimmed is None else round(rss_trimmed, 2),
+        "heap_mb": round(heap, 2),
+        "trim_ms": round(trim_ms, 2),
+        "sampler_cpu_s": round(_Cost.cpu_s, 4),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 2),
         "fds": fds,
         "sockets": len(sockets),
         "tasks": len(asyncio.all_tasks()),
         "conns": tcp.get("established", 0),
         "close_wait": tcp.get("close_wait", 0),
-        "objects": len(gc.get_objects()),
+        "objects": objects,
         "finished": tally.finished,
         "failed": tally.failed,
         "calls": tally.calls,
@@ -288,6 +376,7 @@ async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
     interval = float(options["interval"])
     warm_at = seconds * float(options["warmup"])
     trace = int(options.get("trace") or 0)
+    trim = bool(options.get("trim", True))
     transport = str(options["transport"])
     agent, model, task = _agent(base_url, transport, float(options["idle_timeout"]))
     tally = _Tally()
@@ -306,8 +395,8 @@ async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
     tally = _Tally()  # the warm-up run is not counted
     gc.collect()
     loop = asyncio.get_running_loop()
-    censuses: dict[str, Any] = {"before": _census(port)}
-    samples: list[dict[str, Any]] = [_sample(0.0, "before", port, tally, 0.0)]
+    censuses: dict[str, Any] = {"before": _census(port, trim)}
+    samples: list[dict[str, Any]] = [_sample(0.0, "before", port, tally, 0.0, trim)]
     if trace:
         tracemalloc.start(trace)
     snapshots: dict[str, Any] = {}
@@ -332,6 +421,7 @@ async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
     gathered = asyncio.gather(*workers)
     gathered.add_done_callback(lambda _: done.set())
     warm_noted = False
+    last_t = 0.0
     while not done.is_set():
         due = loop.time() + interval
         with contextlib.suppress(TimeoutError):
@@ -339,19 +429,23 @@ async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
         lag = max(0.0, loop.time() - due) if not done.is_set() else 0.0
         t = loop.time() - start
         phase = "steady" if t <= seconds else "drain"
-        sample = _sample(t, phase, port, tally, lag)
+        sample = _sample(t, phase, port, tally, lag, trim)
         samples.append(sample)
         if phase == "steady" and t >= warm_at and not warm_noted:
             warm_noted = True
-            censuses["warm"] = _census(port)
+            censuses["warm"] = _census(port, trim)
             if trace:
                 snapshots["warm"] = tracemalloc.take_snapshot()
-        if phase == "steady" and t + interval > seconds and "end" not in censuses:
-            censuses["end"] = _census(port)  # the last steady sample
+        # the last steady sample (the loop's lag can stretch the gap between samples past the
+        # interval), else the first of the drain
+        gap, last_t = max(interval, t - last_t), t
+        if "end" not in censuses and (phase == "drain" or t + gap > seconds):
+            censuses["end"] = _census(port, trim)
             if trace:
                 snapshots["end"] = tracemalloc.take_snapshot()
         print(
             f"soak {transport:7} {t:6.1f}s {phase:6} rss {sample['rss_mb']:6.1f} MB  "
+            f"trimmed {sample['rss_trim_mb'] or 0:6.1f}  in use {sample['heap_mb']:5.1f}  "
             f"fds {sample['fds']:5}  tasks {sample['tasks']:5}  conns {sample['conns']:5}  "
             f"objects {sample['objects']:8}  runs {tally.finished:6} failed {tally.failed}",
             file=sys.stderr,
@@ -369,13 +463,13 @@ async def _client(base_url: str, options: dict[str, Any]) -> dict[str, Any]:
         tracemalloc.stop()
     snapshots.clear()
     gc.collect()
-    samples.append(_sample(wall, "drained", port, tally, 0.0))
-    censuses["drained"] = _census(port)
+    samples.append(_sample(wall, "drained", port, tally, 0.0, trim))
+    censuses["drained"] = _census(port, trim)
     await model.aclose()
     await asyncio.sleep(0.2)  # let the transports' closed sockets go
     gc.collect()
-    samples.append(_sample(loop.time() - start, "closed", port, tally, 0.0))
-    censuses["closed"] = _census(port)
+    samples.append(_sample(loop.time() - start, "closed", port, tally, 0.0, trim))
+    censuses["closed"] = _census(port, trim)
     return {
         "transport": transport,
         "seconds": seconds,
@@ -433,21 +527,97 @@ def _slack(first: float) -> float:
     return max(8.0, 0.03 * first)
 
 
+def _growth(first: float, last: float) -> float:
+    return (last - first) / first if first else 0.0
+
+
+def _grew(head: float, middle: float, tail: float) -> bool:
+    """Growth that is a leak: the last third's median over the first's by more than the slack,
+    and still over the middle third's by a quarter of it. A leak at a steady rate grows by as
+    much from the middle to the last third as from the first to the middle, so it passes both
+    (with a margin of 2× for noise); a warm-up that levelled off by the middle third does not."""
+    return tail > head * (1 + SLACK) and tail > middle + head * SLACK / 4
+
+
+def verdict(
+    steady: Sequence[dict[str, Any]],
+    before: dict[str, Any] | None = None,
+    closed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The figures and the verdict of the steady samples after warm-up (and of the samples
+    before the runs and after the close): see the module's docstring for the rule."""
+    third = max(1, len(steady) // 3)
+    first, middle, last = steady[:third], steady[third:-third] or steady[:third], steady[-third:]
+    out: dict[str, Any] = {}
+    grows: list[str] = []
+    in_use_flat = True  # trimmed RSS, malloc in use and objects all measured and flat
+    unmeasured: list[str] = []
+    for name in AMOUNTS:
+        values = [s.get(name) for s in steady]
+        if not steady or any(v is None for v in values) or not all(values):
+            out[f"{name}_first"] = out[f"{name}_last"] = out[f"{name}_growth"] = None
+            if name in IN_USE:  # not measured: cannot vouch for raw RSS
+                in_use_flat = False
+                unmeasured.append(LABELS[name])
+            continue
+        # an amount swings by ±5% with what the runs in flight hold: the median of a third is
+        # steady where one sample is a crest or a trough
+        head, mid, tail = (
+            statistics.median(s[name] for s in part) for part in (first, middle, last)
+        )
+        out[f"{name}_first"], out[f"{name}_middle"], out[f"{name}_last"] = head, mid, tail
+        out[f"{name}_growth"] = _growth(head, tail)
+        out[f"{name}_per_min"] = _slope([(s["t"], s[name]) for s in steady])
+        if name != "rss_mb" and _grew(head, mid, tail):
+            in_use_flat = in_use_flat and name not in IN_USE
+            grows.append(f"{LABELS[name]} {head:.0f}->{tail:.0f} ({out[f'{name}_growth']:+.0%})")
+    note = ""
+    if out["rss_mb_growth"] is not None and _grew(
+        out["rss_mb_first"], out["rss_mb_middle"], out["rss_mb_last"]
+    ):
+        if in_use_flat:  # RSS up, what is in use flat: free holes in malloc's heap
+            note = f"fragmentation: RSS {out['rss_mb_growth']:+.0%} raw, in use flat"
+        else:
+            why = f" ({', '.join(unmeasured)} not measured)" if unmeasured else ""
+            grows.insert(0, f"RSS {out['rss_mb_growth']:+.0%} raw{why}")
+    for name in COUNTS:
+        # fds and connections are bounded by the pool and hardly swing: the maxima of thirds.
+        # Tasks swing by a quarter (aiohttp writes each request body in a task of its own, and
+        # they come and go): the minima of thirds, the floor, the runs' own tasks and whatever
+        # never ends
+        pick = min if name == "tasks" else max
+        out[f"{name}_max"] = max((s[name] for s in steady), default=0)
+        out[f"{name}_per_min"] = _slope([(s["t"], s[name]) for s in steady])
+        head = pick((s[name] for s in first), default=0)
+        tail = pick((s[name] for s in last), default=0)
+        out[f"{name}_first"], out[f"{name}_last"] = head, tail
+        if tail > head + _slack(head):
+            grows.append(f"{name} {head:.0f}->{tail:.0f}")
+    if closed is not None and before is not None:
+        if closed["conns"] or closed["close_wait"]:
+            grows.append(f"{closed['conns'] + closed['close_wait']} connections left after close")
+        if closed["tasks"] > before["tasks"]:
+            grows.append(f"tasks left after close {before['tasks']}->{closed['tasks']}")
+        if closed["fds"] > before["fds"] + 2:
+            grows.append(f"fds left after close {before['fds']}->{closed['fds']}")
+    if grows:
+        out["verdict"] = "GROWS: " + ", ".join(grows)
+    else:
+        out["verdict"] = f"flat ({note})" if note else "flat"
+    return out
+
+
 def analyse(report: dict[str, Any], warmup: float) -> dict[str, Any]:
     """One row from a client report: the samples after warm-up, in thirds, and the verdict."""
     seconds = report["seconds"]
     steady = [s for s in report["samples"] if s["phase"] == "steady" and s["t"] >= warmup * seconds]
     if len(steady) < 2:
         steady = [s for s in report["samples"] if s["phase"] == "steady"][-2:]
-    third = max(1, len(steady) // 3)
-    first, last = steady[:third], steady[-third:]
     row: dict[str, Any] = {
         "transport": report["transport"],
         "concurrency": report["concurrency"],
         "seconds": seconds,
         "samples": len(steady),
-        "rss_warm_mb": steady[0]["rss_mb"] if steady else 0.0,
-        "rss_end_mb": steady[-1]["rss_mb"] if steady else 0.0,
         "peak_rss_mb": max(s["peak_rss_mb"] for s in report["samples"]),
         "finished": report["finished"],
         "failed": report["failed"],
@@ -459,6 +629,8 @@ def analyse(report: dict[str, Any], warmup: float) -> dict[str, Any]:
         "requests_per_s": report["attempts"] / report["wall_s"],
         "calls_per_s": report["calls"] / report["wall_s"],
         "max_lag_ms": max((s["lag_ms"] for s in steady), default=0.0),
+        "trim_ms": statistics.median(s.get("trim_ms", 0.0) for s in steady) if steady else 0.0,
+        "trim_cpu_share": 0.0,
     }
     if len(steady) >= 2:
         a, b = steady[0], steady[-1]
@@ -468,57 +640,23 @@ def analyse(report: dict[str, Any], warmup: float) -> dict[str, Any]:
         if span > 0:
             row["requests_per_s"] = (b["attempts"] - a["attempts"]) / span
             row["calls_per_s"] = (b["calls"] - a["calls"]) / span
-    row["rss_growth"] = (
-        (row["rss_end_mb"] - row["rss_warm_mb"]) / row["rss_warm_mb"] if row["rss_warm_mb"] else 0.0
-    )
-    grows = []
-    for name in COUNTS:
-        row[f"{name}_max"] = max(s[name] for s in steady)
-        row[f"{name}_per_min"] = _slope([(s["t"], s[name]) for s in steady])
-        if name in AMOUNTS:
-            # an amount swings by ±5% with what the runs in flight hold: the median of a third
-            # is steady where its maximum is one spike
-            head = statistics.median(s[name] for s in first)
-            tail = statistics.median(s[name] for s in last)
-        else:
-            head = max(s[name] for s in first)
-            tail = max(s[name] for s in last)
-        row[f"{name}_first"] = head
-        row[f"{name}_last"] = tail
-        # tasks swing with what the runs in flight are doing (aiohttp writes each request body
-        # in a task of its own): a share of slack; a left-over task shows at close
-        relative = name in AMOUNTS or name == "tasks"
-        limit = head * (1 + RSS_SLACK) if relative else head + _slack(head)
-        if tail > limit:
-            grows.append(f"{name} {head:.0f}->{tail:.0f}")
-    row["heap_first_mb"] = statistics.median(s["heap_mb"] for s in first)
-    row["heap_last_mb"] = statistics.median(s["heap_mb"] for s in last)
-    if row["rss_growth"] > RSS_SLACK:
-        heap_flat = 0 < row["heap_last_mb"] <= row["heap_first_mb"] * (1 + RSS_SLACK)
-        objects_flat = row["objects_last"] <= row["objects_first"] * (1 + RSS_SLACK)
-        # RSS up, what is in use flat: free holes in malloc's heap (fragmentation), no leak
-        why = " (in use flat: fragmentation)" if heap_flat and objects_flat else ""
-        grows.insert(0, f"RSS +{row['rss_growth']:.0%}{why}")
-    row["rss_first_max_mb"] = max(s["rss_mb"] for s in first)
-    row["rss_last_max_mb"] = max(s["rss_mb"] for s in last)
-    row["rss_mb_per_min"] = _slope([(s["t"], s["rss_mb"]) for s in steady])
+        if b["cpu_s"] > a["cpu_s"]:
+            trim_cpu = b.get("sampler_cpu_s", 0.0) - a.get("sampler_cpu_s", 0.0)
+            row["trim_cpu_share"] = trim_cpu / (b["cpu_s"] - a["cpu_s"])
     closed = next((s for s in report["samples"] if s["phase"] == "closed"), None)
     before = report["samples"][0]
+    row.update(verdict(steady, before, closed))
+    keys = ("fds", "tasks", "conns", "close_wait", "rss_mb")
     if closed is not None:
-        row["closed"] = {k: closed[k] for k in ("fds", "tasks", "conns", "close_wait", "rss_mb")}
-        row["before"] = {k: before[k] for k in ("fds", "tasks", "conns", "close_wait", "rss_mb")}
-        if closed["conns"] or closed["close_wait"]:
-            grows.append(f"{closed['conns'] + closed['close_wait']} connections left after close")
-        if closed["tasks"] > before["tasks"]:
-            grows.append(f"tasks left after close {before['tasks']}->{closed['tasks']}")
-        if closed["fds"] > before["fds"] + 2:
-            grows.append(f"fds left after close {before['fds']}->{closed['fds']}")
-    row["verdict"] = "GROWS: " + ", ".join(grows) if grows else "flat"
+        row["closed"] = {k: closed[k] for k in keys}
+        row["before"] = {k: before[k] for k in keys}
     census = report["census"]
     if "warm" in census and "end" in census:  # which object types grew after warm-up
         warm, end = census["warm"]["types"], census["end"]["types"]
         grown = sorted(((end[k] - warm.get(k, 0), k) for k in end), reverse=True)
         row["types_grown"] = {k: n for n, k in grown[:10] if n > 0}
+        # after a full gc.collect(): what is live at warm-up's end and at the end
+        row["live"] = {"warm": census["warm"].get("live"), "end": census["end"].get("live")}
     return row
 
 
@@ -533,6 +671,7 @@ def measure(
     idle_timeout: float,
     trace: int,
     quiet: bool,
+    trim: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows (with an ``error`` or a ``skipped`` row for a transport that could not run), and
     the raw client reports."""
@@ -554,6 +693,7 @@ def measure(
             "idle_timeout": idle_timeout,
             "trace": trace,
             "quiet": quiet,
+            "trim": trim,
         }
         with simulator(steps=STEPS - 1, latency=latency, faults=faults) as sim:
             before = sim.cpu()
@@ -576,6 +716,16 @@ def measure(
     return rows, reports
 
 
+def _amount(r: dict[str, Any], name: str) -> str:
+    """An amount's first-third -> last-third medians, its growth and slope per minute."""
+    if r.get(f"{name}_growth") is None:
+        return "-"
+    return (
+        f"{r[f'{name}_first']:.0f}->{r[f'{name}_last']:.0f} ({r[f'{name}_growth']:+.1%}, "
+        f"{r[f'{name}_per_min']:+.1f}/min)"
+    )
+
+
 def render(rows: Sequence[dict[str, Any]]) -> str:
     main_rows, growth_rows, notes = [], [], []
     for r in rows:
@@ -589,30 +739,20 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                 r["concurrency"],
                 f"{r['seconds']:g}",
                 r["samples"],
-                f"{r['rss_warm_mb']:.0f}",
-                f"{r['rss_end_mb']:.0f}",
-                f"{r['rss_growth']:+.1%}",
-                r["fds_max"],
-                r["tasks_max"],
-                r["conns_max"],
                 r["finished"],
                 r["failed"],
                 f"{r['requests_per_s']:.0f}",
                 f"{r['cpu_ms_per_call']:.2f}",
                 f"{r['sim_cpu_share']:.0%}",
+                f"{r['peak_rss_mb']:.0f}",
                 r["verdict"],
             ]
         )
         growth_rows.append(
             [
                 r["transport"],
-                f"{r['rss_first_max_mb']:.0f}->{r['rss_last_max_mb']:.0f}"
-                f" ({r['rss_mb_per_min']:+.1f}/min)",
-                f"{r['heap_first_mb']:.0f}->{r['heap_last_mb']:.0f}",
-                *(
-                    f"{r[f'{n}_first']:.0f}->{r[f'{n}_last']:.0f} ({r[f'{n}_per_min']:+.1f}/min)"
-                    for n in COUNTS
-                ),
+                *(_amount(r, n) for n in AMOUNTS),
+                *(f"{r[f'{n}_first']:.0f}->{r[f'{n}_last']:.0f}" for n in COUNTS),
                 f"{r['before']['tasks']}/{r['closed']['tasks']}",
                 f"{r['before']['fds']}/{r['closed']['fds']}",
                 f"{r['closed']['conns'] + r['closed']['close_wait']}",
@@ -628,30 +768,25 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                     "runs in flight",
                     "s",
                     "samples",
-                    "RSS warm MB",
-                    "RSS end MB",
-                    "growth",
-                    "max fds",
-                    "max tasks",
-                    "max conns",
                     "runs finished",
                     "failed",
                     "requests/s",
                     "CPU ms/call",
                     "sim CPU",
+                    "peak RSS MB",
                     "verdict",
                 ],
                 main_rows,
             )
         )
         out.append(
-            "after warm-up, first third -> last third (slope): the maximum of RSS, fds, tasks "
-            "and connections, the median of malloc in use and objects\n"
+            "after warm-up, first third -> last third: the medians of the amounts (growth, "
+            "slope per minute), the maxima of fds and conns, the minima of tasks; RSS raw is "
+            "before malloc_trim(0), trimmed after\n"
             + table(
                 [
                     "transport",
-                    "RSS MB",
-                    "malloc in use MB",
+                    *(LABELS[n] for n in AMOUNTS),
                     *COUNTS,
                     "tasks before/closed",
                     "fds before/closed",
@@ -672,7 +807,26 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
             if r["errors"]:
                 line += "; failed runs: " + "; ".join(f"{v}x {k}" for k, v in r["errors"].items())
             out.append(line)
-            if r["verdict"] != "flat" and r.get("types_grown"):
+            live = r.get("live") or {}
+            if live.get("warm") and live.get("end"):
+                warm, end = live["warm"], live["end"]
+                trimmed = (
+                    f", RSS trimmed {warm['rss_trim_mb']:.0f} -> {end['rss_trim_mb']:.0f} MB"
+                    if warm["rss_trim_mb"] and end["rss_trim_mb"]
+                    else ""
+                )
+                cost = (
+                    f"; malloc_trim(0) per sample {r['trim_ms']:.1f} ms (median), "
+                    f"{r['trim_cpu_share']:.2%} of the client's CPU"
+                    if trimmed
+                    else ""
+                )
+                out.append(
+                    f"{r['transport']}: after a full gc.collect() ({end['collect_ms']:.0f} ms), "
+                    f"warm-up's end -> end: objects {warm['objects']} -> {end['objects']}, "
+                    f"malloc in use {warm['heap_mb']:.0f} -> {end['heap_mb']:.0f} MB{trimmed}{cost}"
+                )
+            if not r["verdict"].startswith("flat") and r.get("types_grown"):
                 grown = ", ".join(f"{k} +{n}" for k, n in r["types_grown"].items())
                 out.append(f"{r['transport']}: object types grown since warm-up's end: {grown}")
             if r["tracemalloc_top"]:
@@ -699,6 +853,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--trace", type=int, nargs="?", const=1, default=0, help="tracemalloc with N frames"
     )
+    parser.add_argument(
+        "--no-trim",
+        dest="trim",
+        action="store_false",
+        help="no malloc_trim(0) at the samples: raw RSS as an untrimmed process keeps it (no "
+        "trimmed RSS, so raw RSS growth cannot be told from a leak)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--json", help="rows and every sample")
     args = parser.parse_args(argv)
@@ -713,6 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.idle_timeout,
         args.trace,
         args.quiet,
+        args.trim,
     )
     print(render(rows))
     if args.json:

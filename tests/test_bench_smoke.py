@@ -96,12 +96,110 @@ def test_soak_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         # samples after warm-up, runs finished, the faults injected and retried (no timings)
         assert row["samples"] >= 2 and row["finished"] > 0 and row["calls"] > 0
         assert sum(row["faults_injected"].values()) > 0 and row["attempts"] > row["calls"]
-        assert row["verdict"] == "flat" or row["verdict"].startswith("GROWS")
+        assert row["verdict"].startswith(("flat", "GROWS"))
         samples = data["samples"][name]
         assert [s["phase"] for s in samples[-2:]] == ["drained", "closed"]
         assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in samples)
+        if soak._MALLOC_TRIM is not None:  # glibc: RSS after malloc_trim(0) at every sample
+            assert all(0 < s["rss_trim_mb"] <= s["rss_mb"] * 1.05 for s in samples)
+            assert row["rss_trim_mb_growth"] is not None and row["live"]["end"]["objects"] > 0
         assert samples[-1]["conns"] == 0  # closing the model closed every connection
-    assert "verdict" in table and "CPU ms/call" in table
+    assert "verdict" in table and "CPU ms/call" in table and "RSS trimmed MB" in table
+
+
+_BASE = {
+    "rss_mb": 180.0,
+    "rss_trim_mb": 150.0,
+    "heap_mb": 80.0,
+    "objects": 400_000,
+    "fds": 1030,
+    "tasks": 2100,
+    "conns": 1010,
+}
+
+
+def _soak_samples(levels_at: float = 1.0, **growth: float) -> list[dict[str, object]]:
+    """Steady samples every 5 s; each amount swings ±4% from one sample to the next (what the
+    runs in flight hold) and grows by ``growth[name]`` (a share) at a steady rate until the
+    ``levels_at`` share of the samples, then stays (1.0: it grows to the last)."""
+    out: list[dict[str, object]] = []
+    n = 12
+    for i in range(n):
+        sample: dict[str, object] = {"t": 30.0 + 5 * i, "phase": "steady"}
+        progress = min(1.0, i / ((n - 1) * levels_at))
+        for name, base in _BASE.items():
+            value = base * (1 + growth.get(name, 0.0) * progress)
+            if name in soak.AMOUNTS:
+                sample[name] = value * (1 + 0.04 * (-1) ** i)
+            else:
+                sample[name] = round(value)
+        out.append(sample)
+    return out
+
+
+_BEFORE = {"fds": 8, "tasks": 1, "conns": 0, "close_wait": 0}
+
+
+def test_soak_verdict_flat_and_fragmentation() -> None:
+    # ±4% swings and growth within the slack are flat
+    row = soak.verdict(_soak_samples(objects=0.03, heap_mb=0.03), _BEFORE, _BEFORE)
+    assert row["verdict"] == "flat"
+    # raw RSS up 15% with malloc in use, objects and trimmed RSS flat: fragmentation, not GROWS
+    row = soak.verdict(_soak_samples(rss_mb=0.15), _BEFORE, _BEFORE)
+    assert row["verdict"].startswith("flat (fragmentation: RSS +")
+    assert row["rss_mb_growth"] > soak.SLACK and abs(row["objects_growth"]) < 0.01
+    # a warm-up that levels off before the middle third (+12% in use, then flat) is no leak
+    row = soak.verdict(_soak_samples(levels_at=0.4, heap_mb=0.12, rss_trim_mb=0.12), _BEFORE)
+    assert row["verdict"] == "flat" and row["heap_mb_growth"] > soak.SLACK
+    # aiohttp's body-writer tasks come and go: crests (+30%) in the last third are no leak
+    # while the floor stays
+    samples = _soak_samples()
+    for sample, tasks in zip(samples[-4:], (2730, 2600, 2100, 2650), strict=True):
+        sample["tasks"] = tasks
+    assert soak.verdict(samples, _BEFORE, _BEFORE)["verdict"] == "flat"
+
+
+@pytest.mark.parametrize(
+    ("growth", "named"),
+    [
+        ({"objects": 0.2}, "objects "),  # a leak of Python objects
+        ({"heap_mb": 0.2}, "malloc in use MB "),  # a leak of malloc'd buffers
+        ({"rss_trim_mb": 0.2}, "RSS trimmed MB "),  # held outside both (pymalloc, C)
+        ({"fds": 0.05}, "fds "),  # +51 fds
+        ({"tasks": 0.1}, "tasks "),
+        ({"conns": 0.05}, "conns "),
+    ],
+)
+def test_soak_verdict_grows(growth: dict[str, float], named: str) -> None:
+    row = soak.verdict(_soak_samples(rss_mb=0.15, **growth), _BEFORE, _BEFORE)
+    assert row["verdict"].startswith("GROWS: ") and named in row["verdict"], row["verdict"]
+    assert "fragmentation" not in row["verdict"]
+    if set(growth) & {"objects", "heap_mb", "rss_trim_mb"}:  # raw RSS is named with them
+        assert row["verdict"].startswith("GROWS: RSS +")
+
+
+def test_soak_verdict_a_steady_leak_just_over_the_slack_grows() -> None:
+    # +8% objects at a steady rate: first third to last +5.8%, middle to last +2.9%
+    row = soak.verdict(_soak_samples(objects=0.08), _BEFORE, _BEFORE)
+    assert row["verdict"].startswith("GROWS: objects ") and row["objects_growth"] > soak.SLACK
+    # +6% is +4.4% between the thirds' medians: within the slack
+    assert soak.verdict(_soak_samples(objects=0.06), _BEFORE, _BEFORE)["verdict"] == "flat"
+
+
+def test_soak_verdict_left_after_close_and_unmeasured() -> None:
+    closed = {**_BEFORE, "conns": 1, "tasks": 3}
+    row = soak.verdict(_soak_samples(), _BEFORE, closed)
+    assert row["verdict"] == "GROWS: 1 connections left after close, tasks left after close 1->3"
+    # without malloc_trim (no glibc, --no-trim) nothing vouches for raw RSS growth
+    samples = _soak_samples(rss_mb=0.15)
+    for sample in samples:
+        sample["rss_trim_mb"] = None
+    row = soak.verdict(samples, _BEFORE, _BEFORE)
+    assert (
+        row["verdict"].startswith("GROWS: RSS +")
+        and "RSS trimmed MB not measured" in row["verdict"]
+    )
+    assert row["rss_trim_mb_growth"] is None
 
 
 def test_rate_limit_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
