@@ -103,9 +103,11 @@ _FITS = Ending("completed")
 class Control:
     """The stop switch a ``RunStream`` shares with its run."""
 
-    __slots__ = ("cancelled", "scope")
+    __slots__ = ("cancellable", "cancelled", "scope")
 
-    def __init__(self) -> None:
+    def __init__(self, *, cancellable: bool = True) -> None:
+        # False: nobody holds this switch (``Agent.run``), so only a deadline needs a scope
+        self.cancellable = cancellable
         self.cancelled = False
         self.scope: anyio.CancelScope | None = None
 
@@ -249,24 +251,30 @@ class Run:
 
     async def _guarded(self, work: Callable[[], Awaitable[Ending]]) -> Ending:
         """Run ``work`` under the deadline and ``cancel()``; any failure becomes an ending."""
+        if self.deadline == math.inf and not self.control.cancellable:
+            return await self._caught(work)  # nothing can stop it but its caller: no scope
         with anyio.CancelScope(deadline=self.deadline) as scope:
             self.control.scope = scope
             if self.control.cancelled:
                 scope.cancel()
             try:
-                return await work()
-            except _BudgetStop as stop:
-                return stop.ending
-            except AgentloopError as exc:
-                return Ending("error", error=str(exc))
-            except Exception as exc:  # a bug in a strategy or a model client: keep the work
-                log.exception("agentloop: the run failed unexpectedly")
-                return Ending("error", error=f"unexpected {type(exc).__name__}: {exc}")
+                return await self._caught(work)
             finally:
                 self.control.scope = None
         if self.control.cancelled:
             return Ending("cancelled", "cancelled by the caller")
         return Ending("deadline", f"{self.budget.deadline_s:g}s deadline")
+
+    async def _caught(self, work: Callable[[], Awaitable[Ending]]) -> Ending:
+        try:
+            return await work()
+        except _BudgetStop as stop:
+            return stop.ending
+        except AgentloopError as exc:
+            return Ending("error", error=str(exc))
+        except Exception as exc:  # a bug in a strategy or a model client: keep the work
+            log.exception("agentloop: the run failed unexpectedly")
+            return Ending("error", error=f"unexpected {type(exc).__name__}: {exc}")
 
     async def _loop(self) -> Ending:
         max_steps = self.budget.max_steps

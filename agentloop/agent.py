@@ -151,7 +151,7 @@ class Agent:
             self,
             messages,
             record,
-            Control(),
+            Control(cancellable=False),
             approvals=approvals,
             carried=resume,
             listening=not isinstance(recorder, NullRecorder),  # spans are built from events

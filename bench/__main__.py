@@ -20,6 +20,7 @@ BENCHMARKS = (
     "fleet_limit",
     "long_history",
     "soak",
+    "layer",
 )
 
 

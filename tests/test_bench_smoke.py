@@ -12,6 +12,7 @@ from bench import (
     estimate_error,
     fleet,
     fleet_limit,
+    layer,
     long_history,
     long_search,
     rate_limit,
@@ -61,6 +62,28 @@ def test_step_overhead_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert isinstance(data, list) and len(data) == 4
     assert all(r["steps"] == 40 and r["cpu_ms_per_step"] > 0 for r in data)
     assert "CPU vs floor" in capsys.readouterr().out
+
+
+def test_layer_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "rows.json"
+    assert layer.main(["--both", "--runs", "2", "--repeat", "1", "--json", str(out)]) == 0
+    data = rows(out)
+    assert isinstance(data, list) and [r["stream"] for r in data] == [False, True]
+    for row in data:
+        assert row["agentloop_us"] > row["floor_us"] > 0
+        assert set(row["parts_us"]) == set(layer.PARTS)
+    assert "of which deadlines" in capsys.readouterr().out
+
+
+def test_the_layer_transport_gives_the_simulators_tool_loop() -> None:
+    """Both loops see 19 tool calls, then an answer, streamed or not, with the parts off too."""
+    import asyncio
+
+    for stream in (False, True):
+        assert asyncio.run(layer.floor(stream)()) == layer.STEPS + 1
+        assert asyncio.run(layer.agentloop(stream)()) == layer.STEPS + 1
+        with layer._switched_off("all of these"):
+            assert asyncio.run(layer.agentloop(stream)()) == layer.STEPS + 1
 
 
 def test_fleet_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -175,30 +175,6 @@ async def test_a_timer_that_fires_between_waits_does_nothing() -> None:
     dog.close()
 
 
-async def test_outside_cancels_go_through_a_watchdog() -> None:
-    deadline = now() + 0.05
-    with anyio.CancelScope(deadline=deadline) as outer:
-        dog = watchdog()
-        with dog.until(deadline) as scope:
-            await asyncio.sleep(5)
-        pytest.fail("the outer scope's cancellation was swallowed")  # pragma: no cover
-    assert outer.cancelled_caught and not scope.cancelled_caught
-    dog.close()
-    reached = asyncio.Event()
-
-    async def body() -> None:
-        dog = watchdog()
-        with dog.until(now() + 5):
-            reached.set()
-            await asyncio.sleep(5)
-
-    task = asyncio.ensure_future(body())
-    await reached.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
 async def test_a_watchdog_used_from_another_task_cancels_that_task() -> None:
     dog = watchdog()
     with dog.until(now() + 5):

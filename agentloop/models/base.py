@@ -184,6 +184,10 @@ class Assembler:
         elif type(delta) is ReasoningDelta:
             self._saw_reasoning = True
             self._reasoning.append(delta.text)
+        elif type(delta) is UsageDelta:
+            self.response.usage = delta.usage
+        elif type(delta) is FinishDelta:
+            self.response.finish_reason = delta.reason
         else:
             self._feed_other(delta)
 
