@@ -55,6 +55,7 @@ class _AsyncioWatchdog:
         "_loop",
         "_shared",
         "_task",
+        "_waiting",
         "_when",
         "cancelled_caught",
     )
@@ -65,7 +66,8 @@ class _AsyncioWatchdog:
         self._loop = task.get_loop()
         self._handle: asyncio.TimerHandle | None = None
         self._when = math.inf  # when the armed timer fires
-        self._deadline = math.inf  # the running wait's deadline (inf: none is running)
+        self._deadline = math.inf  # the running wait's deadline (inf: none, or no bound)
+        self._waiting = False  # inside a wait (one without a deadline too)
         self._fired = False
         self.cancelled_caught = False
 
@@ -76,6 +78,7 @@ class _AsyncioWatchdog:
             self.close()
             self._task, self._loop = task, task.get_loop()
         self._deadline = deadline
+        self._waiting = True
         self._fired = False
         self.cancelled_caught = False
         if deadline < self._when:
@@ -108,6 +111,7 @@ class _AsyncioWatchdog:
         tb: TracebackType | None,
     ) -> bool:
         self._deadline = math.inf  # the timer stays armed for the next wait, or for close()
+        self._waiting = False
         if not self._fired:
             return False
         self._fired = False
@@ -162,7 +166,7 @@ def watchdog() -> Watchdog:
     if task is None:
         return _ScopeWatchdog()
     dog = _RUN_WATCHDOG.get()
-    if dog is not None and dog._task is task and dog._deadline == math.inf:
+    if dog is not None and dog._task is task and not dog._waiting:
         return dog
     return _AsyncioWatchdog(task)
 

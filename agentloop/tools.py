@@ -228,7 +228,6 @@ def history_arguments(raw: str) -> str:
     """The argument text to keep in the history for ``raw``: itself when it is a strict JSON
     object within the caps (or empty), the same object as strict JSON when it only parsed
     leniently, else ``"{}"`` — never text the API refuses (kimi-cli #1378, #2165)."""
-    global _last_parsed
     try:
         value, strict = load_arguments(raw)
     except ArgumentsError:
@@ -236,24 +235,23 @@ def history_arguments(raw: str) -> str:
     if not isinstance(value, dict):
         return "{}"
     if strict:
-        _last_parsed = (raw, value)  # the call is parsed again to run it: see _parse_once
+        _parsed.last = (raw, value)  # the call is parsed again to run it: see _parse_once
         return raw
     return _json.dumps(value).decode()
 
 
-# The last argument text history_arguments parsed, and its value. prepare_calls parses a
-# step's arguments and the tool parses them again to run the call; for the common single call
-# the second parse takes this instead. Taken only for the same string object, and once (the
-# tool may mutate its arguments), so a miss (another run in between, a second call) only
-# parses again.
-_last_parsed: tuple[str, Any] | None = None
+# The last argument text history_arguments parsed in this thread, and its value. prepare_calls
+# parses a step's arguments and the tool parses them again to run the call; for the common
+# single call the second parse takes this instead. Taken only for the same string object, and
+# once (the tool may mutate its arguments), so a miss (another run in between, a second call)
+# only parses again.
+_parsed = threading.local()
 
 
 def _parse_once(raw: str) -> Any:
-    global _last_parsed
-    last = _last_parsed
+    last: tuple[str, Any] | None = getattr(_parsed, "last", None)
     if last is not None and last[0] is raw:
-        _last_parsed = None
+        _parsed.last = None
         return last[1]
     return load_arguments(raw)[0]
 
@@ -494,14 +492,25 @@ def _plain_types(model: type[pydantic.BaseModel] | None) -> dict[str, type] | No
     constraint, alias or validator (a value of exactly that type is what pydantic would give
     back: it turns an int into a float and an integral float into an int, so other types go
     through the model); None otherwise."""
-    if model is None or model.__pydantic_decorators__.field_validators:
+    if model is None or model.model_config:  # a config may strip, lower, forbid, be strict
         return None
-    if model.__pydantic_decorators__.model_validators:
+    decorators = model.__pydantic_decorators__
+    if (
+        decorators.field_validators
+        or decorators.model_validators
+        or decorators.validators  # v1-style @validator
+        or decorators.root_validators
+    ):
         return None
     types: dict[str, type] = {}
     for name, info in model.model_fields.items():
         plain = any(info.annotation is t for t in _PLAIN)
-        if not plain or info.metadata or info.alias not in (None, name):
+        if (
+            not plain
+            or info.metadata
+            or info.alias not in (None, name)
+            or info.validation_alias is not None
+        ):
             return None
         types[name] = cast(type, info.annotation)
     return types
@@ -605,6 +614,12 @@ class Toolbox:
         self._assemble(given, strict=True)
 
     @property
+    def asks_approval(self) -> bool:
+        """Whether any call may have to wait for a person (else a step skips asking each
+        call). Read per step: ``Tool.needs_approval`` may be set after the toolbox is built."""
+        return any(t.needs_approval is not False for t in self.tools.values())
+
+    @property
     def specs(self) -> list[AnyTool]:
         """The tools as the model is offered them; a toolset's changes are taken here."""
         if self._followed and any(
@@ -640,8 +655,6 @@ class Toolbox:
                 continue
             tools[t.name] = t
         self.tools = tools
-        # whether any call may have to wait for a person (else a step skips asking each tool)
-        self.asks_approval = any(t.needs_approval is not False for t in tools.values())
         specs: list[AnyTool] = [t.spec for t in tools.values()]
         specs.extend(self.builtins.values())
         self._specs = specs

@@ -181,9 +181,10 @@ async def test_spans(sim_factory: SimFactory) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # once per process (another test may have)
+    provider = trace.get_tracer_provider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
     sim = await sim_factory(policy=ToolLoopPolicy(steps=1))
     await Agent(model(sim), tools=[lookup]).run("go")
     spans = {s.name: s for s in exporter.get_finished_spans()}

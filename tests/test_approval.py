@@ -13,7 +13,7 @@ import pytest
 
 from agentloop import Agent, Edited, Rejected, tool
 from agentloop.errors import ConfigurationError
-from agentloop.sim import PolicyContext, SimServer, ToolCall, Turn
+from agentloop.sim import PolicyContext, ScriptedPolicy, SimServer, ToolCall, Turn
 
 from .conftest import kimi
 
@@ -173,3 +173,32 @@ async def test_a_paused_durable_run_resumes_from_its_store(
     assert len(done.steps) == len(first.steps) + 1 and done.steps[0] == first.steps[0]
     assert done.usage.total_tokens > first.usage.total_tokens
     assert done.cost_usd > first.cost_usd > 0
+
+
+async def test_approval_switched_on_after_the_agent_is_built_is_honoured(
+    sim_factory: Callable[..., Any],
+) -> None:
+    """``needs_approval`` is a tool's own attribute: set after the Agent was built, it still
+    pauses the call (found in review: a flag computed once let the call run)."""
+    ran: list[str] = []
+
+    @tool
+    def erase(path: str) -> str:
+        """Erase a file.
+
+        Args:
+            path: the file.
+        """
+        ran.append(path)
+        return "erased"
+
+    script = ScriptedPolicy(
+        [Turn(tool_calls=[ToolCall("erase", '{"path": "/tmp/x"}', "c1")]), Turn(content="ok")]
+    )
+    sim = await sim_factory(policy=script)
+    agent = Agent(kimi(sim), tools=[erase])
+    erase.needs_approval = True
+    result = await agent.run("clean up")
+    assert ran == []
+    assert result.stop_reason == "approval_required"
+    assert [c.tool for c in result.pending] == ["erase"]

@@ -9,9 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from agentloop import Agent, _deadline, tool
+from agentloop import Agent, RetryPolicy, _deadline, tool
 from agentloop._deadline import now, run_watchdog, watchdog
-from agentloop.sim import ToolLoopPolicy
+from agentloop.errors import StreamStalledError
+from agentloop.models import ModelRequest, assemble
+from agentloop.sim import EchoPolicy, FaultPlan, ScriptedPolicy, ToolCall, ToolLoopPolicy, Turn
 
 from .conftest import kimi
 
@@ -236,3 +238,50 @@ async def test_a_run_over_http_makes_one_watchdog_for_all_its_waits(
     result = await agent.run("go")
     assert result.ok and len(result.steps) == 11
     assert len(made) == 1
+
+
+async def test_a_wait_without_a_deadline_does_not_lend_the_runs_watchdog() -> None:
+    """A tool with ``timeout_s=None`` is still a wait: a model call it makes gets a watchdog of
+    its own, so a cut inside is never read as the tool's own timeout."""
+    with run_watchdog():
+        run = watchdog()
+        with run.until(math.inf) as outer:
+            nested = watchdog()
+            assert nested is not run
+            with nested.until(now() + 0.02) as inner:
+                await asyncio.sleep(5)
+            nested.close()
+            assert inner.cancelled_caught
+        assert not outer.cancelled_caught
+
+
+async def test_a_tool_without_a_timeout_that_survives_its_own_stalled_call(
+    sim_factory: Any,
+) -> None:
+    """Over HTTP: the tool's model call stalls and is cut, the tool answers with a fallback,
+    and the run goes on with that answer (found in review: the cut leaked into the tool's
+    timer and the run crashed formatting a timeout of None)."""
+    inner_sim = await sim_factory(faults=FaultPlan(rates={"silent": 1.0}), policy=EchoPolicy())
+    inner = kimi(
+        inner_sim, retry=RetryPolicy(max_attempts=1), idle_timeout=0.2, first_byte_timeout=0.2
+    )
+
+    @tool(timeout_s=None)
+    async def ask(question: str) -> str:
+        """Ask another model.
+
+        Args:
+            question: the question.
+        """
+        try:
+            request = ModelRequest([{"role": "user", "content": question}])
+            return (await assemble(inner.stream(request))).text
+        except StreamStalledError:
+            return "fallback"
+
+    script = [Turn(tool_calls=[ToolCall("ask", '{"question": "q"}', "c1")]), Turn(content="done")]
+    outer_sim = await sim_factory(policy=ScriptedPolicy(script))
+    result = await Agent(kimi(outer_sim), tools=[ask]).run("go")
+    assert result.stop_reason == "completed", result.error
+    assert result.messages[2]["content"] == "fallback"
+    assert result.steps[0].tool_calls[0].ok

@@ -19,6 +19,7 @@ import pytest
 
 from agentloop import Agent, AuthenticationError, KimiModel, tool
 from agentloop._secret import Secret, SecretHeaders, redact
+from agentloop.errors import ConfigurationError
 from agentloop.models.base import ModelRequest, assemble
 from agentloop.transcript import TranscriptWriter, event_to_dict
 
@@ -135,3 +136,17 @@ def test_a_secret_shows_nothing_of_itself() -> None:
     assert redact(f"bad key {CANARY}!") == "bad key [redacted key]!"
     with pytest.raises(TypeError):
         pickle.dumps(secret)
+
+
+@pytest.mark.parametrize("key", [f"{CANARY}\n", f"  {CANARY}\t"])
+def test_a_key_read_with_surrounding_whitespace_is_stripped(key: str) -> None:
+    assert dict(KimiModel(api_key=key)._headers)["Authorization"] == f"Bearer {CANARY}"
+
+
+@pytest.mark.parametrize("key", [f"{CANARY[:6]}\n{CANARY[6:]}", f"{CANARY}\x00", f"{CANARY}é"])
+def test_a_key_no_http_library_would_send_is_refused_without_showing_it(key: str) -> None:
+    """httpx2 refuses such a header later in an error that quotes it, key and all (found in
+    review): the model client refuses it first, naming nothing of it."""
+    with pytest.raises(ConfigurationError) as caught:
+        KimiModel(api_key=key)
+    assert CANARY[:8] not in str(caught.value) + repr(caught.value)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import Annotated, Any, Literal
 
 import anyio
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, validator
 
 from agentloop import tool
 from agentloop.models import mfjs
-from agentloop.tools import parse_docstring
+from agentloop.tools import Tool, parse_docstring
 
 
 class Color(Enum):
@@ -207,3 +209,38 @@ def test_a_parse_shared_with_the_history_is_handed_out_once() -> None:
     first, _ = flat.parse(raw)
     second, _ = flat.parse(raw)
     assert first == second and first is not second
+
+
+class _Stripped(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=True, str_to_lower=True)
+    name: str
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+
+    class _V1(BaseModel):
+        name: str
+
+        @validator("name")
+        def upper(cls, v: str) -> str:
+            return v.upper()
+
+
+@pytest.mark.parametrize(("model", "want"), [(_Stripped, "bob"), (_V1, "  BOB ")])
+def test_a_callers_own_arguments_model_is_always_applied(model: type[BaseModel], want: str) -> None:
+    """A ``Tool`` given its own ``arguments_model`` whose config or validators change values
+    never takes the plain path (found in review)."""
+    got: list[str] = []
+
+    def fn(name: str) -> str:
+        got.append(name)
+        return name
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    t = Tool(fn, name="t", description="d", parameters=schema, arguments_model=model)
+    assert t._plain_types is None
+    arguments, problem = t.parse('{"name": "  Bob "}')
+    assert problem is None and arguments is not None
+    anyio.run(t.invoke, arguments)
+    assert got == [want]

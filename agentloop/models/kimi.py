@@ -198,8 +198,9 @@ class KimiModel(OpenAIModel):
     def thinking_for(self, request: ModelRequest) -> bool:
         if request.thinking is not None:
             return request.thinking
-        if request is self._thinking_memo[0]:  # asked three times while building one body
-            return self._thinking_memo[1]
+        memo = self._thinking_memo  # read once: another thread may be building a body too
+        if memo[0] is request:  # asked three times while building one body
+            return memo[1]
         # $web_search is not supported together with thinking (seed 000)
         thinking = self.thinking and not any(_is_web_search(t) for t in request.tools)
         self._thinking_memo = (request, thinking)
@@ -249,6 +250,12 @@ class KimiModel(OpenAIModel):
         return list(out)
 
     def build_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
+        try:
+            return self._kimi_body(request, input_estimate)
+        finally:
+            self._thinking_memo = (None, False)  # hold no request (nor its history) past it
+
+    def _kimi_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
         thinking = self.thinking_for(request)
         tools = tuple(request.tools)
         if tools != self._checked_tools:  # a run offers the same list every step

@@ -212,6 +212,8 @@ class OpenAIModel:
         key = api_key if api_key is not None else os.environ.get(self.api_key_env)
         if require_key and not key:
             raise ConfigurationError(self._missing_key_message())
+        if key:
+            key = _checked_key(key)
         # never a plain string on the model: tracebacks with locals and debuggers show reprs
         self._api_key = Secret(key) if key else None
         self.base_url = (
@@ -841,6 +843,19 @@ class _Progress:
 
     def __init__(self, anchor: float) -> None:
         self.anchor = anchor
+
+
+def _checked_key(key: str) -> str:
+    """The key without surrounding whitespace (a key read from a file keeps its newline); a
+    key with anything else than printable ASCII is refused here, by name only: an HTTP
+    library would refuse it later in an error that quotes the header, key and all."""
+    key = key.strip()
+    if not (key.isascii() and key.isprintable()):
+        raise ConfigurationError(
+            "the API key holds a control character, a line break or a non-ASCII character: "
+            "it is not a key as issued; check how it was set (copied with extra text?)"
+        )
+    return key
 
 
 def _real_seconds(clock: Clock) -> float:
