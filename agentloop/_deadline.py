@@ -75,7 +75,7 @@ class _AsyncioWatchdog:
         """The next wait: ``with watchdog.until(deadline) as scope:`` (one at a time)."""
         task = asyncio.current_task()
         if task is not self._task and task is not None:  # iterated from another task now
-            self.close()
+            self._close()  # its timer may be on another loop
             self._task, self._loop = task, task.get_loop()
         self._deadline = deadline
         self._waiting = True
@@ -156,19 +156,24 @@ class Watchdog(Protocol):
 
 
 def watchdog() -> Watchdog:
-    """A ``Watchdog`` for the current task: ``until(deadline)`` guards one wait, as ``within``
-    does; ``close()`` when the waits are over. Inside ``run_watchdog()`` it is the run's
+    """A ``Watchdog`` for the current task: ``until(deadline)`` guards one wait as a cancel
+    scope would; ``close()`` when the waits are over. Inside ``run_watchdog()`` it is the run's
     (unless that one is in a wait: a tool that runs a model call of its own gets a new one)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    task = _current_task()
     if task is None:
         return _ScopeWatchdog()
     dog = _RUN_WATCHDOG.get()
     if dog is not None and dog._task is task and not dog._waiting:
         return dog
     return _AsyncioWatchdog(task)
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    """The asyncio task running this, or None (no loop running, or another backend's)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 # the watchdog of the run in this task (a child task inherits it, and does not use it)
@@ -182,10 +187,7 @@ def run_watchdog() -> Iterator[None]:
     """A run: its model attempts and tool calls, one after another in this task, share one
     watchdog and so one loop timer, re-armed about once a tool timeout rather than twice a
     step (each timer is a dozen Python calls in asyncio)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    task = _current_task()
     if task is None:
         yield
         return

@@ -625,14 +625,14 @@ class Run:
             for call in calls:
                 s.messages.append(_tool_message(call, "Error: no more tool calls are allowed."))
             return
-        if self.agent.toolbox.asks_approval:
-            self.pending = [c for c in calls if self._asks_approval(c)]
-            calls = [c for c in calls if c not in self.pending]  # the others run now
-        for call in calls if self.listening else ():
-            fn = call["function"]
-            shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
-            source = self._source(fn["name"])
-            await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown, source))
+        self.pending = [c for c in calls if self._asks_approval(c)]
+        calls = [c for c in calls if c not in self.pending]  # the others run now
+        if self.listening:
+            for call in calls:
+                fn = call["function"]
+                shown = fn["arguments"][:MAX_ARGUMENT_CHARS]  # never 10 MB into every transcript
+                source = self._source(fn["name"])
+                await self.emit(ev.ToolCallStarted(number, call["id"], fn["name"], shown, source))
         if not calls:
             return
         outcomes: list[ToolOutcome | None] = [None] * len(calls)

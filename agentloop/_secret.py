@@ -11,7 +11,7 @@ a log line, a span or a transcript.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NoReturn
 
 REDACTED = "[redacted key]"
@@ -77,6 +77,12 @@ class SecretHeaders(Mapping[str, str]):
         return f"SecretHeaders({shown!r})"
 
     __str__ = __repr__
+
+
+def header_pairs(headers: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+    """What a transport hands its HTTP library: ``SecretHeaders.pairs()``, any other mapping's
+    items."""
+    return headers.pairs() if isinstance(headers, SecretHeaders) else headers.items()
 
 
 def redact(text: str) -> str:

@@ -614,12 +614,6 @@ class Toolbox:
         self._assemble(given, strict=True)
 
     @property
-    def asks_approval(self) -> bool:
-        """Whether any call may have to wait for a person (else a step skips asking each
-        call). Read per step: ``Tool.needs_approval`` may be set after the toolbox is built."""
-        return any(t.needs_approval is not False for t in self.tools.values())
-
-    @property
     def specs(self) -> list[AnyTool]:
         """The tools as the model is offered them; a toolset's changes are taken here."""
         if self._followed and any(

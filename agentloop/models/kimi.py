@@ -148,7 +148,6 @@ class KimiModel(OpenAIModel):
             int, tuple[Sequence[Message], bool, list[Message], list[Message]]
         ] = OrderedDict()
         self._checked_tools: tuple[AnyTool, ...] | None = None  # the last list found valid
-        self._thinking_memo: tuple[object, bool] = (None, False)  # (the last request, its answer)
 
     def _missing_key_message(self) -> str:
         return (
@@ -198,13 +197,8 @@ class KimiModel(OpenAIModel):
     def thinking_for(self, request: ModelRequest) -> bool:
         if request.thinking is not None:
             return request.thinking
-        memo = self._thinking_memo  # read once: another thread may be building a body too
-        if memo[0] is request:  # asked three times while building one body
-            return memo[1]
         # $web_search is not supported together with thinking (seed 000)
-        thinking = self.thinking and not any(_is_web_search(t) for t in request.tools)
-        self._thinking_memo = (request, thinking)
-        return thinking
+        return self.thinking and not any(_is_web_search(t) for t in request.tools)
 
     def max_tokens_for(self, request: ModelRequest, input_estimate: int) -> int:
         wanted = request.max_tokens or self.default_max_tokens
@@ -250,12 +244,6 @@ class KimiModel(OpenAIModel):
         return list(out)
 
     def build_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
-        try:
-            return self._kimi_body(request, input_estimate)
-        finally:
-            self._thinking_memo = (None, False)  # hold no request (nor its history) past it
-
-    def _kimi_body(self, request: ModelRequest, input_estimate: int) -> dict[str, Any]:
         thinking = self.thinking_for(request)
         tools = tuple(request.tools)
         if tools != self._checked_tools:  # a run offers the same list every step

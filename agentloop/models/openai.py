@@ -704,12 +704,12 @@ class OpenAIModel:
                     if done:
                         # Read the body to its end (normally just the last empty chunk) so the
                         # connection goes back to the pool; a failure now no longer matters.
-                        try:
-                            with dog.until(current_time() + gap):
-                                async for _ in chunks:
-                                    pass
-                        except StreamInterruptedError:
-                            pass
+                        with (
+                            contextlib.suppress(StreamInterruptedError),
+                            dog.until(current_time() + gap),
+                        ):
+                            async for _ in chunks:
+                                pass
                         if not finished:
                             raise _cut_at_done(request_id)
                         return

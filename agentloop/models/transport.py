@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httpx2
 
-from .._secret import SecretHeaders
+from .._secret import header_pairs
 from ..errors import (
     APIConnectionError,
     ConfigurationError,
@@ -126,13 +126,9 @@ class _Post:
         client = pools.clients[shard]
         loads[shard] += 1
         self._loads, self._shard = loads, shard
-        headers = self._headers
         try:
             request = client.build_request(
-                "POST",
-                self._url,
-                headers=headers.pairs() if isinstance(headers, SecretHeaders) else headers,
-                content=self._body,
+                "POST", self._url, headers=list(header_pairs(self._headers)), content=self._body
             )
             if self._timed:  # no read timeout: a buffered generation may be silent for minutes
                 request.extensions["timeout"] = {**request.extensions["timeout"], "read": None}

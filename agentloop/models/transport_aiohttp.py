@@ -13,9 +13,9 @@ import asyncio
 import ssl
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
-from .._secret import SecretHeaders
+from .._secret import header_pairs
 from ..errors import (
     APIConnectionError,
     ConfigurationError,
@@ -205,7 +205,10 @@ class _Post:
         session = await self._transport._session()
         try:
             self._response = await session.post(
-                self._url, headers=_pairs(self._headers), data=self._body, timeout=self._timeout
+                self._url,
+                headers=header_pairs(self._headers),  # aiohttp takes pairs from anything
+                data=self._body,
+                timeout=self._timeout,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _unreachable(self._url, exc) from None
@@ -214,11 +217,6 @@ class _Post:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._response is not None:
             self._response.release()
-
-
-def _pairs(headers: Mapping[str, str]) -> Iterable[tuple[str, str]]:
-    # pairs: aiohttp iterates anything but a dict or multidict as pairs
-    return headers.pairs() if isinstance(headers, SecretHeaders) else headers.items()
 
 
 def _unreachable(url: str, exc: BaseException) -> APIConnectionError:
